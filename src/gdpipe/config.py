@@ -1,0 +1,159 @@
+"""params.yaml, read in exactly one place and turned into one frozen, validated `Params` object.
+
+The YAML is read the way DVC reads it (ruamel.yaml, safe loader, YAML 1.2), so `lr: 1e-3` is a
+number for both, duplicate keys are an error and tags that would build Python objects are refused.
+Every problem becomes an `InputError` whose one line names the file, the key, the value and what
+is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gdpipe.errors import InputError
+
+Variant = Literal["numpy", "torch"]
+VARIANTS: tuple[Variant, ...] = ("numpy", "torch")
+
+# Upper bounds keep a typo (epochs: 1e12) from allocating terabytes or running for a year.
+MAX_EPOCHS = 10_000_000
+MAX_SAMPLES = 1_000_000_000
+
+
+class _Section(BaseModel):
+    """Strict: no unknown keys, no strings posing as numbers, no NaN or infinity, immutable."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class DataParams(_Section):
+    """How `generate` builds the data set y = true_w * x + noise."""
+
+    n_samples: int = Field(ge=1, le=MAX_SAMPLES)
+    true_w: float
+    noise_std: float = Field(ge=0)
+    seed: int = Field(ge=0)
+    # grid: x = 1, 2, ..., n as in the lesson; uniform: x drawn from U(x_low, x_high).
+    x_layout: Literal["grid", "uniform"]
+    x_low: float
+    x_high: float
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> DataParams:
+        if self.x_layout == "uniform" and not self.x_low < self.x_high:
+            raise ValueError(f"x_low must be < x_high for the uniform layout, got {self.x_low} and {self.x_high}")
+        return self
+
+
+class NumpyParams(_Section):
+    """Options of the hand-written NumPy variant."""
+
+    # mean: dL/dw = 2 * mean(x * (w*x - y)), the true gradient of the MSE.
+    # sum: the lesson's np.dot(2*x, y_hat - y).mean(), N times too large (dot already sums).
+    gradient: Literal["mean", "sum"]
+
+
+class TorchParams(_Section):
+    """Options of the PyTorch autograd variant."""
+
+    device: Literal["cpu", "cuda", "auto"]
+
+
+class TrainParams(_Section):
+    """Full-batch gradient descent on f(x) = w * x, shared by both variants."""
+
+    lr: float = Field(gt=0)
+    epochs: int = Field(ge=1, le=MAX_EPOCHS)
+    w_init: float
+    log_every: int = Field(ge=1)
+    numpy: NumpyParams
+    torch: TorchParams
+
+
+class EvaluateParams(_Section):
+    """Where the trained line is evaluated: f(x)."""
+
+    x: float
+
+
+class TrackParams(_Section):
+    """Where `track` publishes runs in MLflow."""
+
+    experiment: str = Field(min_length=1)
+
+
+class Params(_Section):
+    """Everything in params.yaml."""
+
+    data: DataParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    track: TrackParams
+
+
+def load(path: str | Path) -> Params:
+    """Read and validate params.yaml; raise InputError with one line on any problem."""
+    path = Path(path)
+    document = _read_yaml(path)
+    if document is None:
+        raise InputError(f"{path} is empty; expected the sections {_allowed(Params)}")
+    if not isinstance(document, dict):
+        raise InputError(f"{path}: the top level must be a mapping of sections ({_allowed(Params)}), got {_kind(document)}")
+    try:
+        return Params.model_validate(document)
+    except ValidationError as err:
+        raise InputError(f"{path}: {_describe(err)}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read: {err}") from None
+    try:
+        return YAML(typ="safe").load(text)
+    except MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = (err.problem or err.context or "malformed YAML").strip()
+        raise InputError(f"{path}: invalid YAML{where}: {problem} (plain YAML only: mappings, lists, numbers, strings)") from None
+    except YAMLError as err:
+        raise InputError(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
+
+
+def _describe(err: ValidationError) -> str:
+    """One line for the first problem pydantic found (they are usually one typo)."""
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        section = _model_at(Params, first["loc"][:-1])
+        return f"unknown key {key!r}; allowed here: {_allowed(section)}{more}"
+    if first["type"] == "missing":
+        return f"missing key {key!r}{more}"
+    message = first["msg"].removeprefix("Value error, ")
+    value = first["input"]
+    shown = _kind(value) if isinstance(value, dict | list) else repr(value)
+    return f"{key or 'top level'} = {shown}: {message}{more}" if key else f"{message}{more}"
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    for part in loc:
+        model = model.model_fields[str(part)].annotation  # type: ignore[assignment]
+    return model
+
+
+def _allowed(model: type[BaseModel]) -> str:
+    return ", ".join(model.model_fields)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)

@@ -1,0 +1,66 @@
+"""Atomic file output and JSON input: every output is complete or absent, every bad input is one line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from gdpipe.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write to a temporary file next to `path`, then rename it over `path`.
+
+    A crash, a signal or an exception at any moment leaves either the old file or the new one,
+    never half of one; the temporary file is removed on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, mode, encoding=None if "b" in mode else "utf-8", newline=None if "b" in mode else "") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; outputs are ordinary files
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_json(path: str | Path, document: Any) -> None:
+    """Write JSON atomically; refuse NaN and infinity, which are not results (and not JSON)."""
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    with atomic_write(path) as handle:
+        handle.write(text)
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file written by an earlier stage; InputError naming the file if it is missing or corrupt."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (run the stage that writes it: dvc repro)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number gdpipe accepts")
+
+
+def require_finite(path: Path, key: str, value: Any) -> float:
+    """A number read from `path` at `key`, or InputError if it is missing, not a number or not finite."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(f"{path}: {key} must be a finite number, got {value!r}")
+    return float(value)

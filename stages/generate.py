@@ -1,0 +1,23 @@
+"""generate: build the data set y = true_w * x + noise from params.yaml's data section.
+
+    python stages/generate.py --params params.yaml --out data/dataset.npz
+"""
+
+import argparse
+import sys
+
+from gdpipe import config, data
+from gdpipe.errors import run_main
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", required=True, help="the .npz to write (x and y, float32)")
+    args = parser.parse_args(argv)
+    params = config.load(args.params)
+    data.save(data.generate(params.data), args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,34 @@
+"""train: fit w by gradient descent with one variant (numpy: hand gradient, torch: autograd).
+
+    python stages/train.py --variant numpy --params params.yaml --data data/dataset.npz \
+        --history history/numpy.csv --model models/numpy.json
+"""
+
+import argparse
+import sys
+
+from gdpipe import config, data, training
+from gdpipe.errors import run_main
+from gdpipe.model import TrainedModel
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", required=True, choices=config.VARIANTS)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", required=True, help="the .npz written by generate")
+    parser.add_argument("--history", required=True, help="the CSV to write: epoch,w,loss")
+    parser.add_argument("--model", required=True, help="the JSON to write: the final w")
+    args = parser.parse_args(argv)
+    params = config.load(args.params)
+    dataset = data.load(args.data)
+    history = training.train(args.variant, dataset, params.train)
+    history.write_csv(args.history)
+    TrainedModel.from_history(args.variant, history).save(args.model)
+    if history.diverged_at:
+        # Recorded, not fatal: a learning-rate sweep should still show this run; the gate rejects it.
+        print(f"gdpipe: warning: {training.divergence_note(args.variant, history, dataset, params.train, params.data.x_layout)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
