@@ -139,10 +139,12 @@ def _describe(err: ValidationError) -> str:
         return f"unknown key {key!r}; allowed here: {_allowed(section)}{more}"
     if first["type"] == "missing":
         return f"missing key {key!r}{more}"
-    message = first["msg"].removeprefix("Value error, ")
+    message = first["msg"].removeprefix("Value error, ").split(" or instance of ")[0]
     value = first["input"]
-    shown = _kind(value) if isinstance(value, dict | list) else repr(value)
-    return f"{key or 'top level'} = {shown}: {message}{more}" if key else f"{message}{more}"
+    if isinstance(value, dict):  # a rule about the section as a whole (e.g. x_low < x_high)
+        return f"{key}: {message}{more}"
+    shown = _kind(value) if isinstance(value, list) else repr(value)
+    return f"{key} = {shown}: {message}{more}"
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:

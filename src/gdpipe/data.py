@@ -60,7 +60,8 @@ def load(path: str | Path) -> Dataset:
     """Read a data set written by `save`; InputError naming the file if it is missing or corrupt."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        # Open the file here: np.load leaves its own handle open when the archive is corrupt.
+        with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
             x, y = archive["x"], archive["y"]
     except FileNotFoundError:
         raise InputError(f"{path}: no such file (run the generate stage: dvc repro)") from None

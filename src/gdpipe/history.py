@@ -70,4 +70,5 @@ class History:
             epochs.append(epoch)
             ws.append(w)
             losses.append(loss)
-        return cls(epoch=np.array(epochs, dtype=np.int64), w=np.array(ws), loss=np.array(losses))
+        # w is written in float32's shortest form: read it back as that float32 value.
+        return cls(epoch=np.array(epochs, dtype=np.int64), w=np.array(ws, dtype=np.float32).astype(np.float64), loss=np.array(losses))

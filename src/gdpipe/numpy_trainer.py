@@ -24,8 +24,8 @@ class NumpyStepper:
         self.losses = np.empty(params.epochs, dtype=np.float64)
 
     def step(self, index: int) -> None:
-        sum_rr, sum_xr = residual_sums(self.w, self.x, self.y)
-        with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected, not warned about
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected by the loop, not warned about
+            sum_rr, sum_xr = residual_sums(self.w, self.x, self.y)
             self.w = np.float32(self.w - self.lr * (self.grad_scale * sum_xr))
         self.ws[index] = self.w
         self.losses[index] = sum_rr / self.x.size

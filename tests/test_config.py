@@ -1,0 +1,111 @@
+"""Bad params.yaml: one line naming file, key, value and what is allowed; exit 2; no traceback; nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, load_default_params, with_overrides, write_yaml
+from gdpipe import config
+from gdpipe.errors import run_main
+
+sys.path.insert(0, str(REPO / "stages"))
+import generate  # noqa: E402  (the stage script, imported to call its main)
+import validate  # noqa: E402
+
+
+def test_the_repositorys_params_are_valid():
+    params = config.load(REPO / "params.yaml")
+    assert params.train.lr == 0.01 and params.train.epochs == 100 and params.train.numpy.gradient == "mean"
+    assert params.data.n_samples == 4 and params.evaluate.x == 5.0
+
+
+def test_numbers_are_read_the_way_dvc_reads_them(tmp_path):
+    text = (REPO / "params.yaml").read_text().replace("lr: 0.01 ", "lr: 1e-3 ")
+    (tmp_path / "params.yaml").write_text(text)
+    assert config.load(tmp_path / "params.yaml").train.lr == 0.001
+
+
+BAD_VALUES = [
+    ({"train.lr": -0.1}, "train.lr = -0.1: Input should be greater than 0"),
+    ({"train.lr": 0}, "train.lr = 0: Input should be greater than 0"),
+    ({"train.lr": "0.01"}, "train.lr = '0.01': Input should be a valid number"),
+    ({"train.lr": float("nan")}, "train.lr = nan: Input should be a finite number"),
+    ({"train.epochs": 0}, "train.epochs = 0: Input should be greater than or equal to 1"),
+    ({"train.epochs": 2.5}, "train.epochs = 2.5: Input should be a valid integer"),
+    ({"train.epochs": 10**12}, "train.epochs = 1000000000000: Input should be less than or equal to 10000000"),
+    ({"data.n_samples": 0}, "data.n_samples = 0: Input should be greater than or equal to 1"),
+    ({"data.noise_std": -1.0}, "data.noise_std = -1.0: Input should be greater than or equal to 0"),
+    ({"train.numpy.gradient": "median"}, "train.numpy.gradient = 'median': Input should be 'mean' or 'sum'"),
+    ({"data.x_layout": "uniform", "data.x_low": 1.0, "data.x_high": 1.0}, "data: x_low must be < x_high for the uniform layout, got 1.0 and 1.0"),
+    ({"train": [1, 2]}, "train = a list: Input should be a valid dictionary"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_VALUES)
+def test_bad_value_is_one_line_with_exit_2(tmp_path, capsys, overrides, message):
+    path = write_yaml(tmp_path / "params.yaml", with_overrides(load_default_params(), overrides))
+    assert run_main(validate.main, ["--params", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"gdpipe: error: {path}: {message}\n"
+
+
+def test_unknown_key_names_the_typo_and_the_allowed_keys(tmp_path, capsys):
+    document = load_default_params()
+    document["train"]["learning_rate"] = 0.1
+    path = write_yaml(tmp_path / "params.yaml", document)
+    assert run_main(validate.main, ["--params", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"gdpipe: error: {path}: unknown key 'train.learning_rate'; allowed here: lr, epochs, w_init, log_every, numpy, torch\n"
+    )
+
+
+def test_missing_key_is_named(tmp_path, capsys):
+    document = load_default_params()
+    del document["data"]["seed"]
+    path = write_yaml(tmp_path / "params.yaml", document)
+    assert run_main(validate.main, ["--params", str(path)]) == 2
+    assert capsys.readouterr().err == f"gdpipe: error: {path}: missing key 'data.seed'\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "is empty; expected the sections data, train, evaluate, track"),
+        ("- 1\n- 2\n", "the top level must be a mapping of sections (data, train, evaluate, track), got a list"),
+        ("train: [1, 2\n", "invalid YAML at line 2, column 1"),
+        ("train: {lr: 1}\ntrain: {lr: 2}\n", 'invalid YAML at line 2, column 1: found duplicate key "train"'),
+        ("data: !!python/object/apply:os.system ['echo pwned']\n", "invalid YAML at line 1, column 7: could not determine a constructor for the tag"),
+    ],
+)
+def test_malformed_yaml_is_one_line(tmp_path, capsys, text, message):
+    (tmp_path / "params.yaml").write_text(text)
+    assert run_main(validate.main, ["--params", str(tmp_path / "params.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_missing_file(tmp_path, capsys):
+    assert run_main(validate.main, ["--params", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err == f"gdpipe: error: {tmp_path / 'nope.yaml'}: no such file\n"
+
+
+def test_a_stage_with_bad_params_prints_no_traceback_and_writes_nothing(tmp_path):
+    path = write_yaml(tmp_path / "params.yaml", with_overrides(load_default_params(), {"train.lr": -1}))
+    out = tmp_path / "data" / "dataset.npz"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "generate.py"), "--params", str(path), "--out", str(out)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stderr == f"gdpipe: error: {path}: train.lr = -1: Input should be greater than 0\n"
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert not out.exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_generate_stage_main_writes_the_dataset(tmp_path):
+    out = tmp_path / "dataset.npz"
+    assert run_main(generate.main, ["--params", str(REPO / "params.yaml"), "--out", str(out)]) == 0
+    assert out.stat().st_size > 0

@@ -1,0 +1,102 @@
+"""End to end: real `dvc repro` in throwaway copies of the repository."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from conftest import REPO, child_env, copy_repo, dvc, stages_run
+
+ALL_STAGES = {"validate", "generate", "train@numpy", "train@torch", "evaluate", "plot"}
+
+
+def test_repro_produces_the_expected_metrics(reproduced_repo):
+    metrics = json.loads((reproduced_repo / "metrics.json").read_text())
+    for variant in ("numpy", "torch"):
+        section = metrics[variant]
+        assert section["diverged"] is False and section["epochs_trained"] == 100
+        assert section["w"] == pytest.approx(2.0, abs=1e-6)
+        assert f"{section['prediction']:.3f}" == "10.000"
+        assert section["abs_error"] == pytest.approx(abs(section["prediction"] - 10.0)) and section["abs_error"] < 1e-5
+        assert section["w_star_distance"] == pytest.approx(abs(section["w"] - 2.0))
+        assert 0 <= section["loss"] < 1e-10
+    assert metrics["optimum"] == {"w_star": 2.0, "prediction": 10.0, "true_value": 10.0, "x": 5.0}
+    assert 0 <= metrics["parity"]["max_abs_w_diff"] < 1e-6
+    history = (reproduced_repo / "history" / "numpy.csv").read_text().splitlines()
+    assert history[0] == "epoch,w,loss" and history[1] == "1,0.3,30.0" and len(history) == 101
+    assert (reproduced_repo / "plots" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_outputs_are_deterministic_so_the_committed_lock_holds(reproduced_repo):
+    """A fresh checkout's repro reproduces dvc.lock and metrics.json as committed: git status stays clean."""
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=reproduced_repo, capture_output=True, text=True, check=True)
+    assert status.stdout == "", "outputs differ from the committed dvc.lock/metrics.json (rerun dvc repro and commit):\n" + status.stdout
+    assert json.loads((reproduced_repo / "metrics.json").read_text()) == json.loads((REPO / "metrics.json").read_text())
+
+
+def test_second_repro_runs_nothing(reproduced_repo):
+    done = dvc(reproduced_repo, "repro")
+    assert stages_run(done.stdout) == set(), done.stdout
+
+
+def _set_param(repo: Path, section: str, key: str, value: object) -> None:
+    yaml = YAML()  # round-trip: keeps the comments of params.yaml
+    path = repo / "params.yaml"
+    document = yaml.load(path)
+    document[section][key] = value
+    yaml.dump(document, path)
+
+
+def test_repro_reruns_exactly_what_a_change_touches(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    dvc(repo, "repro")
+
+    _set_param(repo, "train", "lr", 0.02)
+    assert stages_run(dvc(repo, "repro").stdout) == {"validate", "train@numpy", "train@torch", "evaluate", "plot"}
+
+    _set_param(repo, "evaluate", "x", 7.0)
+    assert stages_run(dvc(repo, "repro").stdout) == {"validate", "evaluate"}
+    assert json.loads((repo / "metrics.json").read_text())["optimum"]["true_value"] == 14.0
+
+    # A typo changes no key any computing stage declares; the validate stage still catches it.
+    _set_param(repo, "train", "learning_rate", 0.5)
+    done = dvc(repo, "repro", check=False)
+    assert done.returncode != 0
+    assert "gdpipe: error: params.yaml: unknown key 'train.learning_rate'; allowed here: lr, epochs" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def _dvc_stage_commands() -> dict[str, tuple[str, list[str]]]:
+    """Each stage's command (with ${item.variant} filled in) and its declared deps."""
+    spec = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())
+    commands = {}
+    for name, stage in spec["stages"].items():
+        for variant in stage.get("matrix", {}).get("variant", [None]):
+            fill = (lambda s, v=variant: s.replace("${item.variant}", v)) if variant else (lambda s: s)
+            address = f"{name}@{variant}" if variant else name
+            commands[address] = (fill(stage["cmd"]), [fill(dep) for dep in stage["deps"]])
+    return commands
+
+
+@pytest.mark.parametrize("address", sorted(ALL_STAGES))
+def test_each_stage_declares_every_package_module_it_runs(reproduced_repo, tmp_path, address):
+    """If a stage imported gdpipe code that dvc.yaml does not list, DVC would not rerun it when that code changes."""
+    cmd, deps = _dvc_stage_commands()[address]
+    script, *args = shlex.split(cmd.split("${py}", 1)[1])
+    report = tmp_path / "modules.txt"
+    probe = (
+        "import atexit, os, runpy, sys;"
+        "atexit.register(lambda: open(os.environ['MODULES_REPORT'], 'w').write(' '.join(m for m in sys.modules if m.startswith('gdpipe.'))));"
+        "script = sys.argv[1]; sys.argv = sys.argv[1:]; runpy.run_path(script, run_name='__main__')"
+    )
+    subprocess.run([sys.executable, "-c", probe, script, *args], cwd=reproduced_repo, env=child_env(PYTHONPATH="src", MODULES_REPORT=str(report)), check=True)
+    imported = {f"src/{name.replace('.', '/')}.py" for name in report.read_text().split()}
+    assert script in deps
+    assert imported - set(deps) == set(), f"{address} runs modules dvc.yaml does not list as deps"
+    assert dvc(reproduced_repo, "status").stdout.strip() == "Data and pipelines are up to date.", "rerunning a stage changed its outputs"

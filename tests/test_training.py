@@ -1,0 +1,104 @@
+"""Both variants: same trajectory, convergence to the optimum, divergence recorded, recording schedule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gdpipe import data, training
+from gdpipe.history import History
+from gdpipe.linear import optimal_w, predict
+from gdpipe.model import TrainedModel
+
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"train.epochs": 300, "train.lr": 0.1, "train.w_init": -3.0},
+        {"data.n_samples": 5000, "data.x_layout": "uniform", "data.noise_std": 0.5, "train.lr": 0.5, "train.epochs": 200},
+    ],
+)
+def test_numpy_and_torch_trajectories_agree_to_float32_rounding(params, overrides):
+    p = params(overrides)
+    dataset = data.generate(p.data)
+    numpy_history = training.train("numpy", dataset, p.train)
+    torch_history = training.train("torch", dataset, p.train)
+    assert numpy_history.epoch.tolist() == torch_history.epoch.tolist() == list(range(1, p.train.epochs + 1))
+    # A few float32 ulps of w at every epoch; the loss agrees to float32 precision of its own size.
+    w_scale = np.maximum(1.0, np.abs(numpy_history.w))
+    assert np.all(np.abs(numpy_history.w - torch_history.w) <= 4 * FLOAT32_EPS * w_scale)
+    assert np.allclose(numpy_history.loss, torch_history.loss, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("variant", ["numpy", "torch"])
+def test_default_params_reach_the_closed_form_optimum(params, variant):
+    p = params()
+    dataset = data.generate(p.data)
+    history = training.train(variant, dataset, p.train)
+    assert optimal_w(dataset.x, dataset.y) == 2.0
+    assert history.w[-1] == pytest.approx(2.0, abs=1e-6)
+    assert f"{predict(history.w[-1], p.evaluate.x):.3f}" == "10.000"
+    assert history.loss[-1] < 1e-10 < history.loss[0] == 30.0
+    assert history.diverged_at is None
+
+
+@pytest.mark.parametrize("variant", ["numpy", "torch"])
+def test_noisy_data_converges_to_w_star_not_true_w(params, variant):
+    p = params({"data.n_samples": 200, "data.x_layout": "uniform", "data.noise_std": 1.0, "train.lr": 0.5, "train.epochs": 500})
+    dataset = data.generate(p.data)
+    w_star = optimal_w(dataset.x, dataset.y)
+    history = training.train(variant, dataset, p.train)
+    assert abs(w_star - 2.0) > 1e-3  # the noise moves the optimum away from the true line...
+    assert history.w[-1] == pytest.approx(w_star, abs=1e-5)  # ...and gradient descent follows the optimum
+
+
+@pytest.mark.parametrize("variant", ["numpy", "torch"])
+def test_learning_rate_just_above_the_bound_diverges_and_is_recorded(params, variant):
+    # Bound for x = 1..4 is 1/7.5 = 0.1333; at 0.14 the error grows 1.1x per epoch until float32 overflows.
+    p = params({"train.lr": 0.14, "train.epochs": 2000})
+    dataset = data.generate(p.data)
+    history = training.train(variant, dataset, p.train)
+    assert history.diverged_at is not None and 300 < history.diverged_at < 2000
+    assert history.epoch[-1] == history.diverged_at - 1
+    assert np.all(np.isfinite(history.w)) and np.all(np.isfinite(history.loss))
+    model = TrainedModel.from_history(variant, history)
+    assert model.diverged and model.w == history.w[-1]
+    note = training.divergence_note(variant, history, dataset, p.train, p.data.x_layout)
+    assert f"diverged at epoch {history.diverged_at}" in note and "0 < lr < 0.1333" in note and "train.lr = 0.14" in note
+
+
+def test_learning_rate_just_below_the_bound_converges(params):
+    p = params({"train.lr": 0.13, "train.epochs": 2000})
+    history = training.train("numpy", data.generate(p.data), p.train)
+    assert history.diverged_at is None and history.w[-1] == pytest.approx(2.0, abs=1e-5)
+
+
+def test_divergence_note_on_a_large_grid_suggests_the_uniform_layout(params):
+    p = params({"data.n_samples": 1000, "train.epochs": 300})
+    dataset = data.generate(p.data)
+    history = training.train("numpy", dataset, p.train)
+    assert history.diverged_at is not None
+    note = training.divergence_note("numpy", history, dataset, p.train, p.data.x_layout)
+    assert "3/n^2" in note and "x_layout: uniform" in note
+
+
+def test_log_every_records_the_lessons_print_schedule_and_the_last_epoch(params):
+    p = params({"train.epochs": 20, "train.log_every": 2})
+    full = training.train("torch", data.generate(p.data), params({"train.epochs": 20}).train)
+    sparse = training.train("torch", data.generate(p.data), p.train)
+    assert sparse.epoch.tolist() == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 20]
+    assert np.array_equal(sparse.w, full.w[sparse.epoch - 1])
+    assert np.array_equal(sparse.loss, full.loss[sparse.epoch - 1])
+
+
+def test_history_csv_round_trips_exactly(tmp_path, params):
+    p = params({"train.epochs": 50})
+    history = training.train("numpy", data.generate(p.data), p.train)
+    history.write_csv(tmp_path / "h.csv")
+    back = History.read_csv(tmp_path / "h.csv")
+    assert (tmp_path / "h.csv").read_text().splitlines()[:2] == ["epoch,w,loss", "1,0.3,30.0"]
+    assert np.array_equal(back.epoch, history.epoch)
+    assert np.array_equal(back.w, history.w) and np.array_equal(back.loss, history.loss)
