@@ -9,7 +9,11 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: repro test venv clean
+STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
+UI_PORT ?= 5000
+SWEEP_LRS ?= 0.001 0.01 0.1
+
+.PHONY: repro test ui sweep venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +29,20 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The MLflow UI for this project's store, on this machine only. One worker: multi-worker servers
+# are known to stall on slow connections.
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+# A learning-rate sweep as queued DVC experiments, two at a time; every run lands in mlruns/.
+sweep: $(STAMP)
+	for lr in $(SWEEP_LRS); do $(BIN)/dvc exp run --queue -S train.lr=$$lr || exit 2; done
+	$(BIN)/dvc queue start -j 2
+	while $(BIN)/dvc queue status | grep -qE 'Queued|Running'; do sleep 2; done
+	$(BIN)/dvc queue status
+	! $(BIN)/dvc queue status | grep -q Failed
+	$(BIN)/dvc exp show --no-pager --only-changed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from gdpipe.errors import InputError
-from gdpipe.files import atomic_write
+from gdpipe.files import atomic_write, file_sha256, read_json, write_json
 
 HEADER = ("epoch", "w", "loss")
 
@@ -72,3 +72,28 @@ class History:
             losses.append(loss)
         # w is written in float32's shortest form: read it back as that float32 value.
         return cls(epoch=np.array(epochs, dtype=np.int64), w=np.array(ws, dtype=np.float32).astype(np.float64), loss=np.array(losses))
+
+
+def timing_path(history_path: str | Path) -> Path:
+    """Where train keeps when it ran: beside the history, ignored by git and not hashed by DVC."""
+    return Path(history_path).with_suffix(".timing.json")
+
+
+def write_timing(history_path: str | Path, started_ms: int, finished_ms: int) -> None:
+    """Record when the training behind `history_path` ran, tied to that history's content."""
+    write_json(timing_path(history_path), {"started_ms": started_ms, "finished_ms": finished_ms, "history_sha256": file_sha256(history_path)})
+
+
+def read_timing(history_path: str | Path) -> tuple[int, int] | None:
+    """(started_ms, finished_ms) of the training that wrote this very history, or None if unknown.
+
+    None when the file is missing or belongs to another history (DVC restored the history from its
+    cache, or another run trained since): a time that is not known is not made up.
+    """
+    try:
+        timing = read_json(timing_path(history_path))
+        if timing["history_sha256"] == file_sha256(history_path):
+            return int(timing["started_ms"]), int(timing["finished_ms"])
+    except (InputError, KeyError, TypeError, ValueError):
+        pass
+    return None

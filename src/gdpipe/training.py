@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gdpipe.config import TrainParams, Variant
 from gdpipe.data import Dataset
 from gdpipe.history import History
 from gdpipe.linear import lr_bound
 
 
-def train(variant: Variant, data: Dataset, params: TrainParams) -> History:
-    """Run gradient descent for `variant`; torch is imported only when it is asked for."""
+def trainer_for(variant: Variant) -> Callable[[Dataset, TrainParams], History]:
+    """The `train` function of a variant; torch is imported only when it is asked for."""
     if variant == "numpy":
-        from gdpipe import numpy_trainer as trainer
+        from gdpipe.numpy_trainer import train
     else:
-        from gdpipe import torch_trainer as trainer  # type: ignore[no-redef]
-    return trainer.train(data, params)
+        from gdpipe.torch_trainer import train  # type: ignore[no-redef]
+    return train
+
+
+def train(variant: Variant, data: Dataset, params: TrainParams) -> History:
+    """Run gradient descent for `variant`."""
+    return trainer_for(variant)(data, params)
 
 
 def divergence_note(variant: Variant, history: History, data: Dataset, params: TrainParams, x_layout: str) -> str:

@@ -1,0 +1,188 @@
+"""MLflow, owned here: the store, one run per variant and result, its metrics, artifacts, model and status.
+
+The only module that imports mlflow. The `track` stage calls `publish` after training has
+finished, so a run exists only for a finished result: a stage that DVC skips or restores creates
+no run, and a killed training leaves none stuck in RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before mlflow is imported: no telemetry, no progress bars on stderr, and a tracking server that
+# does not answer fails within seconds instead of after minutes of retries. A user's own settings win.
+for _key, _value in {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "4",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+import contextlib  # noqa: E402
+import fcntl  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from urllib.parse import urlsplit, urlunsplit  # noqa: E402
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import DatasetInput, InputTag, Metric, Param  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from gdpipe.data import Dataset  # noqa: E402
+from gdpipe.errors import InputError, Terminated  # noqa: E402
+from gdpipe.record import RunRecord, now_ms  # noqa: E402
+
+FINGERPRINT_TAG = "gdpipe.fingerprint"
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def store_dir(root: Path) -> Path:
+    """The embedded store's folder: mlruns/ of the real repository."""
+    return root / "mlruns"
+
+
+def tracking_uri(root: Path) -> str:
+    """MLFLOW_TRACKING_URI when set (a team's server), else the sqlite store in `root`/mlruns."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_dir(root) / 'mlflow.db'}"
+
+
+def repo_root() -> Path:
+    """The real repository: DVC_ROOT under DVC (which names the main repo also for queued runs), else here."""
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
+def redact(uri: str) -> str:
+    """The URI without a password or token, fit to print or record."""
+    parts = urlsplit(uri)
+    if not (parts.username or parts.password):
+        return uri
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise writers of one sqlite store: its first-time table creation and concurrent writes are not safe.
+
+    A server store needs no lock (the server serialises), so nothing is locked for it.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    folder = Path(uri.removeprefix("sqlite:///")).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".gdpipe.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def publish(records: Sequence[RunRecord], dataset: Dataset, experiment: str, uri: str) -> dict[str, dict]:
+    """Find or create each record's run; return variant -> {run_id, experiment_id, tracking_uri, created}."""
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    published = {}
+    with store_lock(uri):
+        experiment_id = _experiment_id(client, experiment, uri)
+        for record in records:
+            run_id, created = _find_or_create_run(client, experiment_id, record, dataset)
+            published[record.variant] = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": redact(uri), "created": created}
+    return published
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The experiment's id, created on first use with its artifacts inside the store (not the working directory)."""
+    try:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
+            return client.create_experiment(name, artifact_location=location)
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    except (MlflowException, OSError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"MLflow tracking store {redact(uri)} did not answer: {first_line[:300]}") from None
+
+
+def _find_or_create_run(client: MlflowClient, experiment_id: str, record: RunRecord, dataset: Dataset) -> tuple[str, bool]:
+    """The FINISHED run with this fingerprint if there is one, else a new, complete run."""
+    existing = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{FINGERPRINT_TAG}` = '{record.fingerprint}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    if existing:
+        return existing[0].info.run_id, False
+    run = client.create_run(
+        experiment_id, start_time=record.started_ms or now_ms(), tags=record.tags | {FINGERPRINT_TAG: record.fingerprint}, run_name=record.name
+    )
+    run_id = run.info.run_id
+    try:
+        client.log_batch(run_id, metrics=_metrics(record), params=[Param(key, str(value)) for key, value in record.params.items()])
+        client.log_inputs(run_id, [_dataset_input(record, dataset)])
+        for path in record.artifacts:
+            client.log_artifact(run_id, str(path))
+        if record.has_model:
+            with mlflow.start_run(run_id=run_id):
+                mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(MODEL_CODE),
+                    artifacts={"trained_model": str(record.model_path)},
+                    # Explicit: inferring requirements costs seconds and would capture the whole venv.
+                    pip_requirements=[f"mlflow=={mlflow.__version__}"],
+                )
+        client.set_terminated(run_id, "FINISHED", end_time=record.finished_ms or now_ms())
+    except BaseException as err:
+        interrupted = isinstance(err, KeyboardInterrupt | Terminated)
+        status = "KILLED" if interrupted else "FAILED"
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, status)
+        reason = type(err).__name__ if interrupted else f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        print(f"gdpipe: {record.variant} run {run_id} marked {status}: {reason}", file=sys.stderr)
+        raise
+    return run_id, True
+
+
+def _metrics(record: RunRecord) -> list[Metric]:
+    """w and loss per recorded epoch (step = epoch), then the final values, in one batch.
+
+    When the training times are known, each epoch's timestamp is placed between them in
+    proportion to its number (full-batch epochs take equal time), so MLflow's time axis is
+    roughly right; otherwise every point carries the publishing time.
+    """
+    history = record.history
+    if record.started_ms is not None and record.finished_ms is not None and history.epoch.size:
+        span = record.finished_ms - record.started_ms
+        stamps = (record.started_ms + span * history.epoch / history.epoch[-1]).astype(np.int64).tolist()
+    else:
+        stamps = [now_ms()] * history.epoch.size
+    metrics = []
+    for epoch, w, loss, stamp in zip(history.epoch.tolist(), history.w.tolist(), history.loss.tolist(), stamps, strict=True):
+        metrics.append(Metric("w", w, stamp, epoch))
+        metrics.append(Metric("loss", loss, stamp, epoch))
+    final_stamp = record.finished_ms or now_ms()
+    last_epoch = int(history.epoch[-1]) if history.epoch.size else 0
+    metrics += [Metric(key, value, final_stamp, last_epoch) for key, value in record.final_metrics.items()]
+    return metrics
+
+
+def _dataset_input(record: RunRecord, dataset: Dataset) -> DatasetInput:
+    """The data set as an MLflow input: name, digest (its SHA-256), source path, shapes."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
+
+    # MLflow registers two local-file sources and warns that a plain path is ambiguous; pick one.
+    local_source = next(source for source in get_registered_sources() if source.__name__ == "LocalArtifactDatasetSource")
+    mlflow_dataset = mlflow.data.from_numpy(
+        dataset.x, targets=dataset.y, source=local_source(str(record.dataset_path)), name="dataset", digest=record.dataset_sha256[:16]
+    )
+    return DatasetInput(mlflow_dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
+

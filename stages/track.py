@@ -1,0 +1,46 @@
+"""track: publish each trained variant as one MLflow run (the only stage that imports mlflow).
+
+    python stages/track.py --params params.yaml --data data/dataset.npz \
+        --histories history/numpy.csv history/torch.csv --models models/numpy.json models/torch.json \
+        --metrics metrics.json --plot plots/curves.png --runs runs.json
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from gdpipe import config, data, tracking
+from gdpipe.errors import InputError, run_main
+from gdpipe.files import read_json, write_json
+from gdpipe.record import build_record, lineage_tags
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--histories", nargs="+", required=True, help="history/<variant>.csv, one per variant")
+    parser.add_argument("--models", nargs="+", required=True, help="models/<variant>.json, same order")
+    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--plot", required=True, help="the curves PNG, logged with every run")
+    parser.add_argument("--runs", required=True, help="where to note variant -> run id (not a DVC output)")
+    args = parser.parse_args(argv)
+    params = config.load(args.params)
+    if len(args.histories) != len(args.models):
+        raise InputError("track needs one model per history, in the same order")
+    metrics = read_json(args.metrics)
+    lineage = lineage_tags(Path.cwd())
+    records = [
+        build_record(params, metrics, Path(args.data), Path(history), Path(model), Path(args.metrics),
+                     (Path(args.plot), Path(args.params)), lineage)
+        for history, model in zip(args.histories, args.models, strict=True)
+    ]
+    uri = tracking.tracking_uri(tracking.repo_root())
+    published = tracking.publish(records, data.load(args.data), params.track.experiment, uri)
+    write_json(args.runs, published)
+    for variant, run in published.items():
+        print(f"{variant}: {'new run' if run['created'] else 'already published as run'} {run['run_id']} ({params.track.experiment} at {run['tracking_uri']})")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
