@@ -2,7 +2,7 @@
 
     python stages/track.py --params params.yaml --data data/dataset.npz \
         --histories history/numpy.csv history/torch.csv --models models/numpy.json models/torch.json \
-        --metrics metrics.json --plot plots/curves.png --runs runs.json
+        --metrics metrics.json --plot plots/curves.png --published published.json --runs runs.json
 """
 
 import argparse
@@ -23,7 +23,8 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", required=True, help="models/<variant>.json, same order")
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--plot", required=True, help="the curves PNG, logged with every run")
-    parser.add_argument("--runs", required=True, help="where to note variant -> run id (not a DVC output)")
+    parser.add_argument("--published", required=True, help="variant -> fingerprint of its run (deterministic: a DVC output)")
+    parser.add_argument("--runs", required=True, help="variant -> run id and tracking URI (not a DVC output)")
     args = parser.parse_args(argv)
     params = config.load(args.params)
     if len(args.histories) != len(args.models):
@@ -38,6 +39,7 @@ def main(argv=None):
     uri = tracking.tracking_uri(tracking.repo_root())
     published = tracking.publish(records, data.load(args.data), params.track.experiment, uri)
     write_json(args.runs, published)
+    write_json(args.published, {record.variant: {"fingerprint": record.fingerprint, "experiment": params.track.experiment} for record in records})
     for variant, run in published.items():
         print(f"{variant}: {'new run' if run['created'] else 'already published as run'} {run['run_id']} ({params.track.experiment} at {run['tracking_uri']})")
 

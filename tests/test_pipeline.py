@@ -13,7 +13,7 @@ from ruamel.yaml import YAML
 
 from conftest import REPO, child_env, copy_repo, dvc, stages_run
 
-ALL_STAGES = {"validate", "generate", "train@numpy", "train@torch", "evaluate", "plot"}
+ALL_STAGES = {"validate", "generate", "train@numpy", "train@torch", "evaluate", "plot", "track"}
 
 
 def test_repro_produces_the_expected_metrics(reproduced_repo):
@@ -58,10 +58,10 @@ def test_repro_reruns_exactly_what_a_change_touches(tmp_path):
     dvc(repo, "repro")
 
     _set_param(repo, "train", "lr", 0.02)
-    assert stages_run(dvc(repo, "repro").stdout) == {"validate", "train@numpy", "train@torch", "evaluate", "plot"}
+    assert stages_run(dvc(repo, "repro").stdout) == {"validate", "train@numpy", "train@torch", "evaluate", "plot", "track"}
 
     _set_param(repo, "evaluate", "x", 7.0)
-    assert stages_run(dvc(repo, "repro").stdout) == {"validate", "evaluate"}
+    assert stages_run(dvc(repo, "repro").stdout) == {"validate", "evaluate", "track"}
     assert json.loads((repo / "metrics.json").read_text())["optimum"]["true_value"] == 14.0
 
     # A typo changes no key any computing stage declares; the validate stage still catches it.

@@ -1,0 +1,187 @@
+"""MLflow: the store after real `dvc repro` runs, a real tracking server, a server that does not answer, run status."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, VENV_BIN, child_env, dvc
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+mlflow = pytest.importorskip("mlflow")
+from mlflow import MlflowClient  # noqa: E402
+
+EPOCHS = 100
+
+
+def store_uri(repo: Path) -> str:
+    return f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
+
+
+def all_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("gradient-descent")
+    return client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
+
+
+def assert_complete_run(uri: str, run, variant: str, epochs: int = EPOCHS) -> None:
+    """A FINISHED run with the full per-epoch history, its params, tags, input, artifacts and a loadable model."""
+    client = MlflowClient(uri)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["variant"] == variant and len(run.data.tags["gdpipe.fingerprint"]) == 64
+    for key in ("w", "loss"):
+        points = client.get_metric_history(run.info.run_id, key)
+        assert sorted(point.step for point in points) == list(range(1, epochs + 1)), key
+    assert run.data.params["train.lr"] and run.data.params["variant"] == variant
+    assert run.data.params["train.gradient"] == ("mean" if variant == "numpy" else "autograd")
+    assert run.inputs.dataset_inputs[0].dataset.name == "dataset"
+    assert {artifact.path for artifact in client.list_artifacts(run.info.run_id)} >= {f"{variant}.csv", "metrics.json", "curves.png", "params.yaml"}
+
+
+def test_repro_publishes_one_complete_run_per_variant(reproduced_repo):
+    uri = store_uri(reproduced_repo)
+    runs = all_runs(uri)
+    assert sorted(run.data.tags["variant"] for run in runs) == ["numpy", "torch"]
+    published = json.loads((reproduced_repo / "runs.json").read_text())
+    for run in runs:
+        variant = run.data.tags["variant"]
+        assert published[variant]["run_id"] == run.info.run_id
+        assert_complete_run(uri, run, variant)
+        assert run.data.metrics["prediction"] == pytest.approx(10.0, abs=1e-5)
+        assert run.data.metrics["w"] == pytest.approx(2.0, abs=1e-6)  # the last epoch's w
+        assert run.data.metrics["w_star"] == 2.0 and run.data.metrics["parity_max_abs_w_diff"] < 1e-6
+        assert run.data.tags["git.commit"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=reproduced_repo, capture_output=True, text=True).stdout.strip()
+        assert run.info.end_time >= run.info.start_time and run.data.metrics["training_seconds"] >= 0
+    numpy_params, torch_params = (run.data.params for run in sorted(runs, key=lambda r: r.data.tags["variant"]))
+    assert numpy_params.keys() == torch_params.keys()  # same names: "show diff only" isolates what differs
+    assert {key for key in numpy_params if numpy_params[key] != torch_params[key]} == {"variant", "train.gradient"}
+
+
+def test_pyfunc_model_predicts_f5_offline(reproduced_repo):
+    run_id = json.loads((reproduced_repo / "runs.json").read_text())["torch"]["run_id"]
+    script = f"import mlflow; mlflow.set_tracking_uri({store_uri(reproduced_repo)!r}); print(mlflow.pyfunc.load_model('runs:/{run_id}/model').predict([5.0])[0])"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"), check=True)
+    assert float(done.stdout) == pytest.approx(10.0, abs=1e-5)
+    assert "warn" not in done.stderr.lower(), done.stderr
+
+
+def test_republishing_the_same_result_finds_its_run(reproduced_repo):
+    before = {run.info.run_id for run in all_runs(store_uri(reproduced_repo))}
+    done = dvc(reproduced_repo, "repro", "--force", "--single-item", "track")
+    assert "already published as run" in done.stdout
+    assert {run.info.run_id for run in all_runs(store_uri(reproduced_repo))} == before
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_server(url: str, process: subprocess.Popen, log: Path, seconds: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"mlflow server exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError("mlflow server did not start")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 with its own store, stopped after the test."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
+    )
+    try:
+        wait_for_server(url, server, tmp_path / "server.log")
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def test_pipeline_publishes_to_a_real_tracking_server(reproduced_repo, mlflow_server):
+    local_before = len(all_runs(store_uri(reproduced_repo)))
+    done = dvc(reproduced_repo, "repro", "--force", "--single-item", "track", env=child_env(MLFLOW_TRACKING_URI=mlflow_server))
+    assert done.stdout.count("new run") == 2
+    runs = all_runs(mlflow_server)
+    assert sorted(run.data.tags["variant"] for run in runs) == ["numpy", "torch"]
+    for run in runs:
+        assert_complete_run(mlflow_server, run, run.data.tags["variant"])
+    assert len(all_runs(store_uri(reproduced_repo))) == local_before  # nothing went to the local store
+
+
+def run_track_stage(repo: Path, uri: str, scratch: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """The track stage as DVC would run it, with its own outputs written to `scratch`."""
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "stages/track.py", "--data", "data/dataset.npz", "--histories", "history/numpy.csv", "history/torch.csv",
+         "--models", "models/numpy.json", "models/torch.json", "--metrics", "metrics.json", "--plot", "plots/curves.png",
+         "--published", str(scratch / "published.json"), "--runs", str(scratch / "runs.json")],
+        cwd=repo, capture_output=True, text=True, env=child_env(PYTHONPATH="src", MLFLOW_TRACKING_URI=uri),
+    )
+    return done, time.monotonic() - start
+
+
+def test_refused_tracking_server_fails_fast_with_one_line(reproduced_repo, tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    done, seconds = run_track_stage(reproduced_repo, uri, tmp_path)
+    assert done.returncode == 2 and seconds < 15
+    assert not (tmp_path / "published.json").exists() and not (tmp_path / "runs.json").exists()
+    assert done.stderr.startswith(f"gdpipe: error: MLflow tracking store {uri} did not answer") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_silent_tracking_server_fails_within_about_ten_seconds(reproduced_repo, tmp_path):
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        done, seconds = run_track_stage(reproduced_repo, uri, tmp_path)
+    assert done.returncode == 2 and seconds < 14, (seconds, done.stderr)
+    assert done.stderr.startswith(f"gdpipe: error: MLflow tracking store {uri} did not answer") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_sweep_lands_every_queued_run_in_the_main_store(tmp_path):
+    """`make sweep` with 3 learning rates: queued experiments run in temporary copies, yet all 6 runs land here."""
+    from conftest import copy_repo
+
+    repo = copy_repo(tmp_path / "repo")
+    dvc(repo, "repro")
+    before = {run.info.run_id for run in all_runs(store_uri(repo))}
+    done = subprocess.run(["make", "sweep", "SWEEP_LRS=0.02 0.05 0.1"], cwd=repo, capture_output=True, text=True, env=child_env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    new_runs = [run for run in all_runs(store_uri(repo)) if run.info.run_id not in before]
+    assert len(new_runs) == 6
+    lrs = sorted((run.data.params["train.lr"], run.data.tags["variant"]) for run in new_runs)
+    assert lrs == [(lr, variant) for lr in ("0.02", "0.05", "0.1") for variant in ("numpy", "torch")]
+    for run in new_runs:
+        assert_complete_run(store_uri(repo), run, run.data.tags["variant"])
+        experiment = run.data.tags["dvc.exp_name"]
+        assert run.info.run_name == f"{run.data.tags['variant']}-{experiment}" and run.data.tags["dvc.exp_baseline_rev"]
+    assert not list((repo / ".dvc" / "tmp" / "exps").glob("*/mlruns/*.db")), "a queued run wrote to its temporary copy's store"
