@@ -97,6 +97,17 @@ def stages_run(output: str) -> set[str]:
 @pytest.fixture(scope="session")
 def reproduced_repo(tmp_path_factory) -> Path:
     """A copy of the repository after one full `dvc repro` (shared: tests must not modify it)."""
-    repo = copy_repo(tmp_path_factory.mktemp("repo"))
+    repo = copy_repo(tmp_path_factory.mktemp("repo") / "repo")
     dvc(repo, "repro")
+    return repo
+
+
+@pytest.fixture
+def own_reproduced_repo(reproduced_repo, tmp_path) -> Path:
+    """A private copy of `reproduced_repo` (outputs, DVC cache, MLflow store and all), for tests that change it."""
+    repo = tmp_path / "repo"
+    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    # The store's experiment points at the original's artifact folder; a private copy gets its own store.
+    shutil.rmtree(repo / "mlruns")
+    (repo / "mlruns").mkdir()
     return repo

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from conftest import REPO, child_env, copy_repo, dvc, stages_run
+from conftest import REPO, child_env, dvc, stages_run
 
 ALL_STAGES = {"validate", "generate", "train@numpy", "train@torch", "evaluate", "plot", "track"}
 
@@ -53,9 +53,8 @@ def _set_param(repo: Path, section: str, key: str, value: object) -> None:
     yaml.dump(document, path)
 
 
-def test_repro_reruns_exactly_what_a_change_touches(tmp_path):
-    repo = copy_repo(tmp_path / "repo")
-    dvc(repo, "repro")
+def test_repro_reruns_exactly_what_a_change_touches(own_reproduced_repo):
+    repo = own_reproduced_repo
 
     _set_param(repo, "train", "lr", 0.02)
     assert stages_run(dvc(repo, "repro").stdout) == {"validate", "train@numpy", "train@torch", "evaluate", "plot", "track"}

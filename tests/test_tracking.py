@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -117,12 +118,8 @@ def mlflow_server(tmp_path):
         wait_for_server(url, server, tmp_path / "server.log")
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its workers; its store is thrown away anyway
+        server.wait()
         log.close()
 
 
@@ -167,14 +164,12 @@ def test_silent_tracking_server_fails_within_about_ten_seconds(reproduced_repo, 
     assert done.stderr.startswith(f"gdpipe: error: MLflow tracking store {uri} did not answer") and done.stderr.count("\n") == 1, done.stderr
 
 
-def test_sweep_lands_every_queued_run_in_the_main_store(tmp_path):
+def test_sweep_lands_every_queued_run_in_the_main_store(own_reproduced_repo):
     """`make sweep` with 3 learning rates: queued experiments run in temporary copies, yet all 6 runs land here."""
-    from conftest import copy_repo
-
-    repo = copy_repo(tmp_path / "repo")
-    dvc(repo, "repro")
+    repo = own_reproduced_repo
     before = {run.info.run_id for run in all_runs(store_uri(repo))}
-    done = subprocess.run(["make", "sweep", "SWEEP_LRS=0.02 0.05 0.1"], cwd=repo, capture_output=True, text=True, env=child_env())
+    # -o: the copy's .venv is this checkout's (a symlink); never let make reinstall it from the copy.
+    done = subprocess.run(["make", "-o", ".venv/.installed", "sweep", "SWEEP_LRS=0.02 0.05 0.1"], cwd=repo, capture_output=True, text=True, env=child_env())
     assert done.returncode == 0, done.stdout + done.stderr
     new_runs = [run for run in all_runs(store_uri(repo)) if run.info.run_id not in before]
     assert len(new_runs) == 6
