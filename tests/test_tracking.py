@@ -180,3 +180,37 @@ def test_sweep_lands_every_queued_run_in_the_main_store(own_reproduced_repo):
         experiment = run.data.tags["dvc.exp_name"]
         assert run.info.run_name == f"{run.data.tags['variant']}-{experiment}" and run.data.tags["dvc.exp_baseline_rev"]
     assert not list((repo / ".dvc" / "tmp" / "exps").glob("*/mlruns/*.db")), "a queued run wrote to its temporary copy's store"
+
+
+def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp_path, capsys):
+    from gdpipe import config, data, tracking
+    from gdpipe.files import read_json
+    from gdpipe.record import build_record
+
+    repo = reproduced_repo
+    params = config.load(repo / "params.yaml")
+    record = build_record(
+        params, read_json(repo / "metrics.json"), repo / "data/dataset.npz", repo / "history/numpy.csv",
+        repo / "models/numpy.json", repo / "metrics.json", (tmp_path / "vanished.png",), {},
+    )
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    with pytest.raises(Exception, match="vanished.png"):
+        tracking.publish([record], data.load(repo / "data/dataset.npz"), "gradient-descent", uri)
+    (run,) = all_runs(uri)
+    assert run.info.status == "FAILED"
+    assert f"gdpipe: numpy run {run.info.run_id} marked FAILED: FileNotFoundError: " in capsys.readouterr().err
+    # The failed run does not count as published: the next attempt makes a complete one.
+    record = build_record(
+        params, read_json(repo / "metrics.json"), repo / "data/dataset.npz", repo / "history/numpy.csv",
+        repo / "models/numpy.json", repo / "metrics.json", (), {},
+    )
+    published = tracking.publish([record], data.load(repo / "data/dataset.npz"), "gradient-descent", uri)
+    assert published["numpy"]["created"] is True
+    assert sorted(run.info.status for run in all_runs(uri)) == ["FAILED", "FINISHED"]
+
+
+def test_credentials_in_the_uri_are_never_shown():
+    from gdpipe.tracking import redact
+
+    assert redact("https://alice:s3cret@mlflow.example.org:8443/") == "https://mlflow.example.org:8443/"
+    assert redact("sqlite:////work/repo/mlruns/mlflow.db") == "sqlite:////work/repo/mlruns/mlflow.db"
