@@ -26,6 +26,7 @@ venv: $(STAMP)
 repro: $(STAMP)
 	$(BIN)/dvc repro
 	$(BIN)/python -m gdpipe.summary metrics.json
+	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
