@@ -1,4 +1,5 @@
-# gdpipe: `make repro` runs the pipeline, `make test` the tests. The first use creates .venv.
+# gdpipe: `make repro` runs the pipeline, `make test` the tests, `make check` the pipeline and then
+# the quality gate (exit 1 when a metric misses its bar; make reports it as 2). The first use creates .venv.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +14,7 @@ STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
 UI_PORT ?= 5000
 SWEEP_LRS ?= 0.001 0.01 0.1
 
-.PHONY: repro test ui sweep venv clean
+.PHONY: repro test check ui sweep venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,13 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The gate runs this checkout's src/ (PYTHONPATH), as the stages do, also from a git worktree.
+# It prints the table and writes reports/check.md with reports/check.png; bounds: params.yaml thresholds.
+check: $(STAMP)
+	$(BIN)/dvc repro
+	PYTHONPATH=src $(BIN)/python -m gdpipe.gate --params params.yaml --metrics metrics.json \
+		--plot plots/curves.png --report reports/check.md
 
 # The MLflow UI for this project's store, on this machine only. One worker: multi-worker servers
 # are known to stall on slow connections.

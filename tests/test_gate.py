@@ -1,7 +1,8 @@
 """The quality gate: thresholds in params.yaml, checks on metrics.json, the report, exit codes 0/1/2.
 
-Unit tests on synthetic metrics first; then the command on files in a temporary folder, and a
-baseline read through DVC from a temporary git repository.
+Unit tests on synthetic metrics first; then the command on files in a temporary folder, a baseline
+read through DVC from a temporary git repository, and last `make check` on a copy of this project
+(conftest's `own_reproduced_repo`).
 """
 
 from __future__ import annotations
@@ -347,3 +348,50 @@ def test_a_baseline_bound_compares_with_metrics_committed_at_a_revision(workdir,
     assert capsys.readouterr().err == "gdpipe: error: thresholds: baseline_rev 'no-such-branch' is not a revision of this git repository\n"
     assert gate_with(1.0e-12, "HEAD~2") == 2
     assert capsys.readouterr().err == "gdpipe: error: thresholds: metrics.json does not exist at baseline_rev 'HEAD~2'; commit it there first\n"
+
+
+# --- `make check` on a copy of this project ------------------------------------------------------
+
+
+def make_check(project: Path) -> subprocess.CompletedProcess:
+    # -o: the shared .venv is installed already; never let a test reinstall it.
+    return run(["make", "-o", ".venv/.installed", "check"], project)
+
+
+def set_in_params(project: Path, old: str, new: str) -> None:
+    path = project / "params.yaml"
+    text = path.read_text()
+    assert text.count(old) == 1
+    path.write_text(text.replace(old, new))
+
+
+def test_make_check_passes_a_threshold_edit_reruns_nothing_and_5_epochs_fail(own_reproduced_repo):
+    # conftest's copy of this project after one `dvc repro`; three steps, as each rerun costs seconds.
+    project = own_reproduced_repo
+    done = make_check(project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASS: all 7 checks passed" in done.stdout
+    assert (project / "reports" / "check.png").read_bytes() == (project / "plots" / "curves.png").read_bytes()
+    assert "![Loss and w per epoch of both variants](check.png)" in (project / "reports" / "check.md").read_text(encoding="utf-8")
+
+    # A tighter bound reruns no stage, and the gate alone fails on it.
+    set_in_params(project, "loss: {max: 1.0e-4}", "loss: {max: 1.0e-13}")
+    status = run([".venv/bin/dvc", "status", "--json"], project)
+    assert (status.returncode, json.loads(status.stdout)) == (0, {})
+    gated = run([".venv/bin/python", "-m", "gdpipe.gate"], project, {"PYTHONPATH": "src"})
+    assert gated.returncode == 1, gated.stderr
+    assert "FAIL: 2 of 7 checks failed: loss (numpy), loss (torch)" in gated.stdout
+
+    # Back to the default bound, but 5 epochs: w is far from 2, and the gate names what missed.
+    set_in_params(project, "loss: {max: 1.0e-13}", "loss: {max: 1.0e-4}")
+    set_in_params(project, "epochs: 100", "epochs: 5")
+    done = make_check(project)
+    assert done.returncode == 2, done.stdout + done.stderr  # the gate exits 1; make reports any failed command as 2
+    failed = {tuple(line.split()[:2]) for line in done.stdout.splitlines() if line.endswith("FAIL")}
+    assert failed == {("abs_error", "numpy"), ("abs_error", "torch"), ("loss", "numpy"), ("loss", "torch")}
+    assert "FAIL: 4 of 7 checks failed: abs_error (numpy), abs_error (torch), loss (numpy), loss (torch)" in done.stdout
+    report = (project / "reports" / "check.md").read_text(encoding="utf-8")
+    assert report.startswith("## gdpipe quality gate: FAIL\n\n4 of 7 checks failed: abs_error (numpy), abs_error (torch), loss (numpy), loss (torch).")
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert metrics["numpy"]["epochs_trained"] == 5
+    assert f"| `abs_error` | numpy | {gate._number(metrics['numpy']['abs_error'])} | <= 0.01 | ❌ **FAIL** |" in report
