@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from gdpipe import config, gate
+from gdpipe.errors import InputError
 from gdpipe.config import Bound
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,9 +87,10 @@ def test_params_yaml_ships_the_issues_default_bounds():
     assert config.load(REPO / "params.yaml").thresholds == DEFAULTS
 
 
-def test_leaving_the_section_out_gives_the_same_defaults(tmp_path):
+def test_leaving_the_section_out_is_an_error(tmp_path):
     (tmp_path / "params.yaml").write_text(params_yaml(None))
-    assert config.load(tmp_path / "params.yaml").thresholds == DEFAULTS
+    with pytest.raises(InputError, match="missing key 'thresholds'"):
+        config.load(tmp_path / "params.yaml")
 
 
 def test_thresholds_name_metrics_for_every_variant_one_variant_or_the_parity(tmp_path):
@@ -231,7 +233,7 @@ def test_a_relative_bound_with_no_baseline_value_passes_but_says_so_and_a_diverg
 def workdir(tmp_path, monkeypatch):
     """A folder with params.yaml (default thresholds), the lesson's metrics.json and a stand-in plot."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(params_yaml(None))
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"))
     (tmp_path / "metrics.json").write_text(json.dumps(LESSON))
     (tmp_path / "plots").mkdir()
     (tmp_path / "plots" / "curves.png").write_bytes(b"\x89PNG\r\n\x1a\n stand-in")

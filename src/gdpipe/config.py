@@ -127,11 +127,6 @@ class Bound(_Section):
         return self
 
 
-def _default_thresholds() -> dict[str, Bound]:
-    """The lesson's bars, used when params.yaml has no thresholds section (params.yaml spells them out too)."""
-    return {"abs_error": Bound(max=0.01), "loss": Bound(max=1.0e-4), "parity.max_abs_w_diff": Bound(max=1.0e-5)}
-
-
 class Params(_Section):
     """Everything in params.yaml."""
 
@@ -140,14 +135,14 @@ class Params(_Section):
     evaluate: EvaluateParams
     track: TrackParams
     # Read by the gate only; no DVC stage declares it, so editing a bound reruns nothing.
-    thresholds: dict[MetricName, Bound] = Field(default_factory=_default_thresholds)
+    thresholds: dict[MetricName, Bound]
 
     @field_validator("thresholds")
     @classmethod
     def _thresholds_not_empty(cls, thresholds: dict[str, Bound]) -> dict[str, Bound]:
-        # An empty section would make a gate that passes everything; leaving it out gives the defaults.
+        # An empty section would make a gate that passes everything.
         if not thresholds:
-            raise ValueError("sets no threshold; name at least one metric, or leave the section out for the defaults")
+            raise ValueError("sets no threshold; name at least one metric")
         return thresholds
 
 
@@ -156,9 +151,9 @@ def load(path: str | Path) -> Params:
     path = Path(path)
     document = _read_yaml(path)
     if document is None:
-        raise InputError(f"{path} is empty; expected the sections {_required(Params)}")
+        raise InputError(f"{path} is empty; expected the sections {_allowed(Params)}")
     if not isinstance(document, dict):
-        raise InputError(f"{path}: the top level must be a mapping of sections ({_required(Params)}), got {_kind(document)}")
+        raise InputError(f"{path}: the top level must be a mapping of sections ({_allowed(Params)}), got {_kind(document)}")
     try:
         return Params.model_validate(document)
     except ValidationError as err:
@@ -221,10 +216,6 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
 
 def _allowed(model: type[BaseModel]) -> str:
     return ", ".join(model.model_fields)
-
-
-def _required(model: type[BaseModel]) -> str:
-    return ", ".join(name for name, field in model.model_fields.items() if field.is_required())
 
 
 def _kind(value: Any) -> str:
