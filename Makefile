@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# The venv's tools first on PATH: DVC starts queue workers by running a bare `dvc`.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Nothing phones home: no DVC analytics or update checks, no MLflow telemetry.
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -27,7 +29,7 @@ venv: $(STAMP)
 repro: $(STAMP)
 	$(BIN)/dvc repro
 	$(BIN)/python -m gdpipe.summary metrics.json
-	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)"
+	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)/#/experiments/1/runs?workflowType=machine_learning"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -48,9 +50,9 @@ ui: $(STAMP)
 sweep: $(STAMP)
 	for lr in $(SWEEP_LRS); do $(BIN)/dvc exp run --queue -S train.lr=$$lr || exit 2; done
 	$(BIN)/dvc queue start -j 2
-	while $(BIN)/dvc queue status | grep -qE 'Queued|Running'; do sleep 2; done
+	for i in $$(seq 900); do $(BIN)/dvc queue status | grep -qE 'Queued|Running' || break; sleep 2; done
 	$(BIN)/dvc queue status
-	! $(BIN)/dvc queue status | grep -q Failed
+	! $(BIN)/dvc queue status | grep -qE 'Failed|Queued|Running'
 	$(BIN)/dvc exp show --no-pager --only-changed
 
 clean:

@@ -168,8 +168,11 @@ def test_sweep_lands_every_queued_run_in_the_main_store(own_reproduced_repo):
     """`make sweep` with 3 learning rates: queued experiments run in temporary copies, yet all 6 runs land here."""
     repo = own_reproduced_repo
     before = {run.info.run_id for run in all_runs(store_uri(repo))}
+    # As a user types it: the venv is not on PATH (DVC starts its queue workers as a bare `dvc`).
+    env = child_env()
+    env["PATH"] = os.pathsep.join(part for part in env["PATH"].split(os.pathsep) if Path(part) != VENV_BIN)
     # -o: the copy's .venv is this checkout's (a symlink); never let make reinstall it from the copy.
-    done = subprocess.run(["make", "-o", ".venv/.installed", "sweep", "SWEEP_LRS=0.02 0.05 0.1"], cwd=repo, capture_output=True, text=True, env=child_env())
+    done = subprocess.run(["make", "-o", ".venv/.installed", "sweep", "SWEEP_LRS=0.02 0.05 0.1"], cwd=repo, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     new_runs = [run for run in all_runs(store_uri(repo)) if run.info.run_id not in before]
     assert len(new_runs) == 6
