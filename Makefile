@@ -31,8 +31,9 @@ repro: $(STAMP)
 	$(BIN)/python -m gdpipe.summary metrics.json
 	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)/#/experiments/1/runs?workflowType=machine_learning"
 
+# Two workers: most of the suite waits on real dvc, MLflow and server processes.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 # The gate runs this checkout's src/ (PYTHONPATH), as the stages do, also from a git worktree.
 # It prints the table and writes reports/check.md with reports/check.png; bounds: params.yaml thresholds.
