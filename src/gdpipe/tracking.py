@@ -34,11 +34,14 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import DatasetInput, InputTag, Metric, Param  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
+from gdpipe import progress  # noqa: E402
 from gdpipe.data import Dataset  # noqa: E402
 from gdpipe.errors import InputError, Terminated  # noqa: E402
 from gdpipe.record import RunRecord, now_ms  # noqa: E402
 
 FINGERPRINT_TAG = "gdpipe.fingerprint"
+# Metrics per log_batch call: MLflow's own limit per request, and one step of the progress bar.
+METRICS_PER_BATCH = 1000
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
@@ -127,7 +130,8 @@ def _find_or_create_run(client: MlflowClient, experiment_id: str, record: RunRec
     )
     run_id = run.info.run_id
     try:
-        client.log_batch(run_id, metrics=_metrics(record), params=[Param(key, str(value)) for key, value in record.params.items()])
+        client.log_batch(run_id, params=[Param(key, str(value)) for key, value in record.params.items()])
+        log_metrics(client, run_id, record)
         client.log_inputs(run_id, [_dataset_input(record, dataset)])
         for path in record.artifacts:
             client.log_artifact(run_id, str(path))
@@ -152,8 +156,21 @@ def _find_or_create_run(client: MlflowClient, experiment_id: str, record: RunRec
     return run_id, True
 
 
+def log_metrics(client: MlflowClient, run_id: str, record: RunRecord) -> None:
+    """Log the record's metrics in batches of MLflow's maximum size, with a progress bar on a terminal."""
+    metrics = _metrics(record)
+    bar = progress.bar(len(metrics), f"publish {record.variant}", "metric")
+    try:
+        for start in range(0, len(metrics), METRICS_PER_BATCH):
+            batch = metrics[start : start + METRICS_PER_BATCH]
+            client.log_batch(run_id, metrics=batch)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+
+
 def _metrics(record: RunRecord) -> list[Metric]:
-    """w and loss per recorded epoch (step = epoch), then the final values, in one batch.
+    """w and loss per recorded epoch (step = epoch), then the final values.
 
     When the training times are known, each epoch's timestamp is placed between them in
     proportion to its number (full-batch epochs take equal time), so MLflow's time axis is
