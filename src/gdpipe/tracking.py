@@ -136,7 +136,7 @@ def _find_or_create_run(client: MlflowClient, experiment_id: str, record: RunRec
         for path in record.artifacts:
             client.log_artifact(run_id, str(path))
         if record.has_model:
-            with mlflow.start_run(run_id=run_id):
+            with mlflow.start_run(run_id=run_id), _no_requirement_scan():
                 mlflow.pyfunc.log_model(
                     name="model",
                     python_model=str(MODEL_CODE),
@@ -167,6 +167,27 @@ def log_metrics(client: MlflowClient, run_id: str, record: RunRecord) -> None:
             bar.update(len(batch))
     finally:
         bar.close()
+
+
+@contextlib.contextmanager
+def _no_requirement_scan() -> Iterator[None]:
+    """Skip log_model's check of the model's requirements against the installed packages.
+
+    The check reads the metadata of every installed distribution (about a second here) only to
+    warn about a mismatch, and the one requirement logged, this very mlflow's version, cannot
+    mismatch. If MLflow moves the function, nothing is skipped: slower, never wrong.
+    """
+    from mlflow.utils import environment
+
+    check = getattr(environment, "warn_dependency_requirement_mismatches", None)
+    if check is None:
+        yield
+        return
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = check
 
 
 def _metrics(record: RunRecord) -> list[Metric]:
