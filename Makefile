@@ -1,4 +1,4 @@
-# gdpipe: `make repro` runs the pipeline, `make test` the tests. The first use creates .venv.
+# gdpipe: `make repro` runs the pipeline, `make test` the tests, `make bench` the benchmark. The first use creates .venv.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +13,7 @@ STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
 UI_PORT ?= 5000
 SWEEP_LRS ?= 0.001 0.01 0.1
 
-.PHONY: repro test ui sweep venv clean
+.PHONY: repro test bench ui sweep venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Performance against the hardware floor and the plain tutorial script: a table and bench/results.json.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
 
 # The MLflow UI for this project's store, on this machine only. One worker: multi-worker servers
 # are known to stall on slow connections.
