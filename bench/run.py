@@ -102,7 +102,7 @@ def _epochs_runner(variant: str, dataset, epochs: int):
         params = config.TrainParams(
             lr=lr, epochs=epochs, w_init=0.0, log_every=1, numpy=config.NumpyParams(gradient="mean"), torch=config.TorchParams(device="cpu")
         )
-        train = training.trainer_for(variant)
+        train = training.trainer_for(variant, dataset.x.nbytes)  # as the train stage calls it
         return lambda: train(dataset, params)
     if variant == "tutorial-numpy":
         # The lesson's NumPy cell, with its gradient made the mean (its sum diverges at large N).
@@ -137,14 +137,16 @@ def _epochs_runner(variant: str, dataset, epochs: int):
 def bench_kernel(quick: bool) -> dict:
     sizes = [10**5, 10**6] if quick else [10**5, 10**6, 10**7]
     repeats = 3 if quick else 7
-    out = {}
+    out: dict = {}
     for variant in KERNEL_VARIANTS:
         say(f"kernel: {variant}")
-        done = subprocess.run(
-            [sys.executable, __file__, "--kernel-child", variant, "--sizes", ",".join(map(str, sizes)), "--repeats", str(repeats)],
-            capture_output=True, text=True, env=child_env(), check=True,
-        )
-        out[variant] = json.loads(done.stdout)
+        for n in sizes:
+            # One process per size too: like the train stage, torch settles its allocator for the data it meets first.
+            done = subprocess.run(
+                [sys.executable, __file__, "--kernel-child", variant, "--sizes", str(n), "--repeats", str(repeats)],
+                capture_output=True, text=True, env=child_env(), check=True,
+            )
+            out.setdefault(variant, {}).update(json.loads(done.stdout))
     return out
 
 

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import torch
+from torch.nn.functional import mse_loss
 
-# Before torch is imported: torch advises its allocations of 2 MiB and more onto transparent huge
-# pages. Each epoch's autograd temporaries are as large as x and come fresh from the OS, so this
-# is 512 times fewer page faults, most of the time the tutorial's loop spends at millions of
-# points. A user's own setting wins; where the kernel has THP off, nothing changes.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
-import torch  # noqa: E402
-from torch.nn.functional import mse_loss  # noqa: E402
-
-from gdpipe.config import TrainParams  # noqa: E402
-from gdpipe.data import Dataset  # noqa: E402
-from gdpipe.errors import InputError  # noqa: E402
-from gdpipe.history import History  # noqa: E402
-from gdpipe.linear import predict  # noqa: E402
-from gdpipe.loop import fit  # noqa: E402
+from gdpipe.config import TrainParams
+from gdpipe.data import Dataset
+from gdpipe.errors import InputError
+from gdpipe.history import History
+from gdpipe.linear import predict
+from gdpipe.loop import fit
 
 
 def resolve_device(name: str) -> torch.device:
