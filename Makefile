@@ -1,10 +1,14 @@
-# gdpipe: `make repro` runs the pipeline, `make test` the tests, `make bench` the benchmark. The first use creates .venv.
+# gdpipe: `make repro` runs the pipeline, `make test` the tests, `make check` the pipeline and then
+# the quality gate (exit 1 when a metric misses its bar; make reports it as 2), `make bench` the
+# benchmark. The first use creates .venv.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# The venv's tools first on PATH: DVC starts queue workers by running a bare `dvc`.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Nothing phones home: no DVC analytics or update checks, no MLflow telemetry.
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -13,7 +17,7 @@ STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
 UI_PORT ?= 5000
 SWEEP_LRS ?= 0.001 0.01 0.1
 
-.PHONY: repro test bench ui sweep venv clean
+.PHONY: repro test check bench ui sweep venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,9 +30,17 @@ venv: $(STAMP)
 repro: $(STAMP)
 	$(BIN)/dvc repro
 	$(BIN)/python -m gdpipe.summary metrics.json
+	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)/#/experiments/1/runs?workflowType=machine_learning"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The gate runs this checkout's src/ (PYTHONPATH), as the stages do, also from a git worktree.
+# It prints the table and writes reports/check.md with reports/check.png; bounds: params.yaml thresholds.
+check: $(STAMP)
+	$(BIN)/dvc repro
+	PYTHONPATH=src $(BIN)/python -m gdpipe.gate --params params.yaml --metrics metrics.json \
+		--plot plots/curves.png --report reports/check.md
 
 # Performance against the hardware floor and the plain tutorial script: a table and bench/results.json.
 bench: $(STAMP)
@@ -43,9 +55,9 @@ ui: $(STAMP)
 sweep: $(STAMP)
 	for lr in $(SWEEP_LRS); do $(BIN)/dvc exp run --queue -S train.lr=$$lr || exit 2; done
 	$(BIN)/dvc queue start -j 2
-	while $(BIN)/dvc queue status | grep -qE 'Queued|Running'; do sleep 2; done
+	for i in $$(seq 900); do $(BIN)/dvc queue status | grep -qE 'Queued|Running' || break; sleep 2; done
 	$(BIN)/dvc queue status
-	! $(BIN)/dvc queue status | grep -q Failed
+	! $(BIN)/dvc queue status | grep -qE 'Failed|Queued|Running'
 	$(BIN)/dvc exp show --no-pager --only-changed
 
 clean:

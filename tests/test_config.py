@@ -73,8 +73,8 @@ def test_missing_key_is_named(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "is empty; expected the sections data, train, evaluate, track"),
-        ("- 1\n- 2\n", "the top level must be a mapping of sections (data, train, evaluate, track), got a list"),
+        ("", "is empty; expected the sections data, train, evaluate, track, thresholds"),
+        ("- 1\n- 2\n", "the top level must be a mapping of sections (data, train, evaluate, track, thresholds), got a list"),
         ("train: [1, 2\n", "invalid YAML at line 2, column 1"),
         ("train: {lr: 1}\ntrain: {lr: 2}\n", 'invalid YAML at line 2, column 1: found duplicate key "train"'),
         ("data: !!python/object/apply:os.system ['echo pwned']\n", "invalid YAML at line 1, column 7: could not determine a constructor for the tag"),

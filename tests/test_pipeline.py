@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -99,3 +100,23 @@ def test_each_stage_declares_every_package_module_it_runs(reproduced_repo, tmp_p
     assert script in deps
     assert imported - set(deps) == set(), f"{address} runs modules dvc.yaml does not list as deps"
     assert dvc(reproduced_repo, "status").stdout.strip() == "Data and pipelines are up to date.", "rerunning a stage changed its outputs"
+
+
+def test_stages_use_the_project_venv_even_from_another_activated_venv(reproduced_repo, tmp_path):
+    """A user's own virtualenv first on PATH (with a python that cannot run gdpipe) changes nothing."""
+    foreign = tmp_path / "other-venv" / "bin"
+    foreign.mkdir(parents=True)
+    for name in ("python", "python3"):
+        (foreign / name).write_text("#!/bin/sh\necho 'not the project venv' >&2\nexit 97\n")
+        (foreign / name).chmod(0o755)
+    env = child_env(VIRTUAL_ENV=str(foreign.parent))
+    env["PATH"] = f"{foreign}{os.pathsep}{env['PATH']}"
+    done = dvc(reproduced_repo, "repro", "--force", "--single-item", "validate", env=env)
+    assert "params.yaml: valid" in done.stdout
+
+
+def test_nothing_phones_home():
+    dvc_config = (REPO / ".dvc" / "config").read_text()
+    assert "analytics = false" in dvc_config and "check_update = false" in dvc_config
+    assert "export MLFLOW_DISABLE_TELEMETRY := true" in (REPO / "Makefile").read_text()
+    assert '"MLFLOW_DISABLE_TELEMETRY": "true"' in (REPO / "src" / "gdpipe" / "tracking.py").read_text()

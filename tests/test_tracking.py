@@ -168,8 +168,11 @@ def test_sweep_lands_every_queued_run_in_the_main_store(own_reproduced_repo):
     """`make sweep` with 3 learning rates: queued experiments run in temporary copies, yet all 6 runs land here."""
     repo = own_reproduced_repo
     before = {run.info.run_id for run in all_runs(store_uri(repo))}
+    # As a user types it: the venv is not on PATH (DVC starts its queue workers as a bare `dvc`).
+    env = child_env()
+    env["PATH"] = os.pathsep.join(part for part in env["PATH"].split(os.pathsep) if Path(part) != VENV_BIN)
     # -o: the copy's .venv is this checkout's (a symlink); never let make reinstall it from the copy.
-    done = subprocess.run(["make", "-o", ".venv/.installed", "sweep", "SWEEP_LRS=0.02 0.05 0.1"], cwd=repo, capture_output=True, text=True, env=child_env())
+    done = subprocess.run(["make", "-o", ".venv/.installed", "sweep", "SWEEP_LRS=0.02 0.05 0.1"], cwd=repo, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     new_runs = [run for run in all_runs(store_uri(repo)) if run.info.run_id not in before]
     assert len(new_runs) == 6
@@ -180,3 +183,37 @@ def test_sweep_lands_every_queued_run_in_the_main_store(own_reproduced_repo):
         experiment = run.data.tags["dvc.exp_name"]
         assert run.info.run_name == f"{run.data.tags['variant']}-{experiment}" and run.data.tags["dvc.exp_baseline_rev"]
     assert not list((repo / ".dvc" / "tmp" / "exps").glob("*/mlruns/*.db")), "a queued run wrote to its temporary copy's store"
+
+
+def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp_path, capsys):
+    from gdpipe import config, data, tracking
+    from gdpipe.files import read_json
+    from gdpipe.record import build_record
+
+    repo = reproduced_repo
+    params = config.load(repo / "params.yaml")
+    record = build_record(
+        params, read_json(repo / "metrics.json"), repo / "data/dataset.npz", repo / "history/numpy.csv",
+        repo / "models/numpy.json", repo / "metrics.json", (tmp_path / "vanished.png",), {},
+    )
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    with pytest.raises(Exception, match="vanished.png"):
+        tracking.publish([record], data.load(repo / "data/dataset.npz"), "gradient-descent", uri)
+    (run,) = all_runs(uri)
+    assert run.info.status == "FAILED"
+    assert f"gdpipe: numpy run {run.info.run_id} marked FAILED: FileNotFoundError: " in capsys.readouterr().err
+    # The failed run does not count as published: the next attempt makes a complete one.
+    record = build_record(
+        params, read_json(repo / "metrics.json"), repo / "data/dataset.npz", repo / "history/numpy.csv",
+        repo / "models/numpy.json", repo / "metrics.json", (), {},
+    )
+    published = tracking.publish([record], data.load(repo / "data/dataset.npz"), "gradient-descent", uri)
+    assert published["numpy"]["created"] is True
+    assert sorted(run.info.status for run in all_runs(uri)) == ["FAILED", "FINISHED"]
+
+
+def test_credentials_in_the_uri_are_never_shown():
+    from gdpipe.tracking import redact
+
+    assert redact("https://alice:s3cret@mlflow.example.org:8443/") == "https://mlflow.example.org:8443/"
+    assert redact("sqlite:////work/repo/mlruns/mlflow.db") == "sqlite:////work/repo/mlruns/mlflow.db"

@@ -9,9 +9,9 @@ is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gdpipe.errors import InputError
 
@@ -85,6 +85,48 @@ class TrackParams(_Section):
     experiment: str = Field(min_length=1)
 
 
+# The metrics the gate can bound, a closed set so that a misspelt name fails at load time.
+# A per-variant name bounds that key in every variant's section of metrics.json; prefixed with
+# a variant ("numpy.loss") it bounds that variant's only.
+VARIANT_METRICS = ("loss", "abs_error", "w", "prediction", "w_star_distance")
+PARITY_METRICS = ("parity.max_abs_w_diff",)
+METRICS = (*VARIANT_METRICS, *(f"{variant}.{key}" for variant in VARIANTS for key in VARIANT_METRICS), *PARITY_METRICS)
+DEFAULT_BASELINE_REV = "HEAD"
+
+
+def _known_metric(name: str) -> str:
+    if name not in METRICS:
+        raise ValueError(
+            f"unknown metric {name!r}; allowed: {', '.join(VARIANT_METRICS)} (every variant), "
+            f"the same prefixed with {' or '.join(f'{variant}.' for variant in VARIANTS)} (one variant), {', '.join(PARITY_METRICS)}"
+        )
+    return name
+
+
+MetricName = Annotated[str, AfterValidator(_known_metric)]
+
+
+class Bound(_Section):
+    """The bars one metric must meet: absolute (min, max) and, optionally, relative to a git revision."""
+
+    min: float | None = None
+    max: float | None = None
+    # A fraction of the baseline: 0.1 lets the value exceed the one committed at baseline_rev
+    # by at most 10 % of its size. The gate reads that value through DVC (dvc.api.metrics_show).
+    max_rel_increase: float | None = Field(default=None, ge=0)
+    baseline_rev: str = Field(default=DEFAULT_BASELINE_REV, min_length=1)
+
+    @model_validator(mode="after")
+    def _is_a_bound(self) -> Bound:
+        if self.min is None and self.max is None and self.max_rel_increase is None:
+            raise ValueError("sets no bound; give max, min and/or max_rel_increase")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min must be <= max, got min {self.min:g} and max {self.max:g}")
+        if "baseline_rev" in self.model_fields_set and self.max_rel_increase is None:
+            raise ValueError("baseline_rev is used only with max_rel_increase")
+        return self
+
+
 class Params(_Section):
     """Everything in params.yaml."""
 
@@ -92,6 +134,16 @@ class Params(_Section):
     train: TrainParams
     evaluate: EvaluateParams
     track: TrackParams
+    # Read by the gate only; no DVC stage declares it, so editing a bound reruns nothing.
+    thresholds: dict[MetricName, Bound]
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_not_empty(cls, thresholds: dict[str, Bound]) -> dict[str, Bound]:
+        # An empty section would make a gate that passes everything.
+        if not thresholds:
+            raise ValueError("sets no threshold; name at least one metric")
+        return thresholds
 
 
 def load(path: str | Path) -> Params:
@@ -134,6 +186,12 @@ def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
     more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
+    if first["loc"][-1:] == ("[key]",):
+        # A bad key of a mapping (a threshold's metric name): the message names the key itself.
+        mapping = ".".join(str(part) for part in first["loc"][:-2])
+        if first["type"] == "value_error":
+            return f"{mapping}: {first['msg'].removeprefix('Value error, ')}{more}"
+        return f"{mapping}: key {first['input']!r}: {first['msg']}{more}"
     if first["type"] == "extra_forbidden":
         section = _model_at(Params, first["loc"][:-1])
         return f"unknown key {key!r}; allowed here: {_allowed(section)}{more}"
@@ -149,7 +207,10 @@ def _describe(err: ValidationError) -> str:
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
     for part in loc:
-        model = model.model_fields[str(part)].annotation  # type: ignore[assignment]
+        if get_origin(model) is dict:
+            model = get_args(model)[1]  # a mapping's entry (thresholds.loss): the value's model
+        else:
+            model = model.model_fields[str(part)].annotation  # type: ignore[assignment]
     return model
 
 

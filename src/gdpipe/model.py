@@ -49,9 +49,10 @@ class TrainedModel:
         if record["variant"] not in VARIANTS:
             raise InputError(f"{path}: variant must be one of {', '.join(VARIANTS)}, got {record['variant']!r}")
         w = None if record["w"] is None else require_finite(path, "w", record["w"])
-        diverged_at = record["diverged_at_epoch"]
         for key in ("epochs_trained", "diverged_at_epoch"):
             value = record[key]
-            if not (value is None and key == "diverged_at_epoch") and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            if value is None and key == "diverged_at_epoch":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InputError(f"{path}: {key} must be a whole number >= 0, got {value!r}")
-        return cls(variant=record["variant"], w=w, epochs_trained=record["epochs_trained"], diverged_at_epoch=diverged_at)
+        return cls(variant=record["variant"], w=w, epochs_trained=record["epochs_trained"], diverged_at_epoch=record["diverged_at_epoch"])

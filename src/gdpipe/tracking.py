@@ -23,6 +23,7 @@ for _key, _value in {
 
 import contextlib  # noqa: E402
 import fcntl  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -38,6 +39,10 @@ from gdpipe import progress  # noqa: E402
 from gdpipe.data import Dataset  # noqa: E402
 from gdpipe.errors import InputError, Terminated  # noqa: E402
 from gdpipe.record import RunRecord, now_ms  # noqa: E402
+
+# MLflow and its migrations log at INFO on stderr (table creation, migrations): keep stderr for what matters.
+for _logger in ("mlflow", "alembic"):
+    logging.getLogger(_logger).setLevel(logging.WARNING)
 
 FINGERPRINT_TAG = "gdpipe.fingerprint"
 # Metrics per log_batch call: MLflow's own limit per request, and one step of the progress bar.

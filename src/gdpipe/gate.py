@@ -1,0 +1,241 @@
+"""The quality gate: hold metrics.json to params.yaml's thresholds, report the result, fail the build.
+
+    python -m gdpipe.gate --params params.yaml --metrics metrics.json --plot plots/curves.png --report reports/check.md
+
+Prints one row per check (metric, variant, value, bound, result), writes the same as Markdown for a
+pull-request comment with the loss curves beside it, and exits 0 when every check passes, 1 when any
+fails, 2 when the input is bad (invalid thresholds, no metrics.json, an unknown baseline revision).
+Every variant must also have trained without diverging: that check needs no threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gdpipe import config
+from gdpipe.config import VARIANTS, Bound
+from gdpipe.errors import InputError, run_main
+from gdpipe.files import atomic_write, read_json
+
+EXIT_FAILED = 1
+BOTH = "both"  # the variant column of a metric that compares the variants (parity)
+HEADER = ("metric", "variant", "value", "bound", "result")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One check: one metric of one variant (or of both, for parity) against one bound."""
+
+    metric: str  # as named in params.yaml without the variant: loss, parity.max_abs_w_diff, diverged
+    variant: str  # numpy, torch, or BOTH
+    value: float | None  # None when there is no number to check (diverged, missing, null)
+    shown: str  # the value as printed, or why there is none: "diverged at epoch 12"
+    bound: str  # "<= 0.01", ">= 1.9", "<= 9.9e-13 (HEAD 9e-13 +10%)"
+    passed: bool
+
+
+def check(metrics: Mapping[str, Any], thresholds: Mapping[str, Bound], baseline: Mapping[str, Mapping[str, Any]]) -> list[Result]:
+    """Every check, in order: each variant trained without diverging, then each threshold for each variant it names.
+
+    `baseline` maps a git revision to the metrics committed there; only bounds with max_rel_increase read it.
+    Nothing in `metrics` can make this raise: a missing, diverged or non-numeric value is a failed check.
+    """
+    results = [_check_trained(metrics, variant) for variant in VARIANTS]
+    for name, bound in thresholds.items():
+        for variant, key in _targets(name):
+            value, why = _lookup(metrics, variant, key)
+            metric = name.removeprefix(f"{variant}.") if variant != BOTH else name
+            shown = _number(value) if value is not None else why
+            if bound.min is not None:
+                results.append(Result(metric, variant, value, shown, f">= {_number(bound.min)}", value is not None and value >= bound.min))
+            if bound.max is not None:
+                results.append(Result(metric, variant, value, shown, f"<= {_number(bound.max)}", value is not None and value <= bound.max))
+            if bound.max_rel_increase is not None:
+                text, passed = _relative(value, bound, baseline.get(bound.baseline_rev), variant, key)
+                results.append(Result(metric, variant, value, shown, text, passed))
+    return results
+
+
+def _check_trained(metrics: Mapping[str, Any], variant: str) -> Result:
+    section = metrics.get(variant)
+    if not isinstance(section, Mapping):
+        return Result("diverged", variant, None, "missing from metrics.json", "= false", False)
+    diverged = section.get("diverged")
+    if diverged is False:
+        return Result("diverged", variant, None, "false", "= false", True)
+    if diverged is True:
+        return Result("diverged", variant, None, f"true (at epoch {section.get('diverged_at_epoch')})", "= false", False)
+    return Result("diverged", variant, None, "missing" if diverged is None else repr(diverged), "= false", False)
+
+
+def _targets(name: str) -> list[tuple[str, str]]:
+    """(variant, key) pairs a threshold name bounds: loss -> each variant's loss; numpy.loss -> numpy's."""
+    if name in config.PARITY_METRICS:
+        return [(BOTH, name)]
+    variant, dot, key = name.partition(".")
+    return [(variant, key)] if dot else [(each, name) for each in VARIANTS]
+
+
+def _lookup(metrics: Mapping[str, Any] | None, variant: str, key: str) -> tuple[float | None, str]:
+    """The number at (variant, key), or None and why there is none."""
+    if variant == BOTH:
+        section_name, key = key.split(".", 1)
+    else:
+        section_name = variant
+    section = (metrics or {}).get(section_name)
+    if not isinstance(section, Mapping):
+        return None, f"missing ({section_name} not in metrics.json)"
+    if section.get("diverged") is True:
+        return None, f"diverged at epoch {section.get('diverged_at_epoch')}"
+    if key not in section:
+        return None, "missing"
+    value = section[key]
+    if value is None:
+        return None, "null (no epochs in common)" if variant == BOTH else "null"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None, f"not a number: {value!r}"
+    return float(value), ""
+
+
+def _relative(value: float | None, bound: Bound, base_metrics: Mapping[str, Any] | None, variant: str, key: str) -> tuple[str, bool]:
+    """The bound value <= base + max_rel_increase * |base|, as (text, passed)."""
+    assert bound.max_rel_increase is not None
+    rev, increase = bound.baseline_rev, f"+{bound.max_rel_increase * 100:g}%"
+    if base_metrics is None:
+        return f"{rev} {increase}: no metrics loaded for {rev}", False
+    base, why = _lookup(base_metrics, variant, key)
+    if base is None:
+        # Nothing to compare with (say the baseline diverged): a value can't be worse than no value,
+        # and the absolute bounds still hold it.
+        return f"{rev} {increase}: no baseline ({why} at {rev})", value is not None
+    limit = base + bound.max_rel_increase * abs(base)
+    return f"<= {_number(limit)} ({rev} {_number(base)} {increase})", value is not None and value <= limit
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def verdict(results: Sequence[Result]) -> str:
+    """One line: PASS, or FAIL naming every failed metric and variant."""
+    return f"{'PASS' if passed(results) else 'FAIL'}: {_tally(results)}"
+
+
+def passed(results: Sequence[Result]) -> bool:
+    """True when every check passed."""
+    return all(result.passed for result in results)
+
+
+def _tally(results: Sequence[Result]) -> str:
+    failed = [result for result in results if not result.passed]
+    if not failed:
+        return f"all {len(results)} checks passed"
+    names = ", ".join(dict.fromkeys(f"{result.metric} ({result.variant})" for result in failed))
+    return f"{len(failed)} of {len(results)} checks failed: {names}"
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+def _cells(result: Result) -> tuple[str, ...]:
+    return (result.metric, result.variant, result.shown, result.bound, "pass" if result.passed else "FAIL")
+
+
+def format_table(results: Sequence[Result]) -> str:
+    """A fixed-width table, one row per check, then the verdict line."""
+    rows = [HEADER, *map(_cells, results)]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(HEADER))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join([*lines, verdict(results)])
+
+
+def format_markdown(results: Sequence[Result], image: str | None, note: str = "No picture of the loss curves.") -> str:
+    """The same table as GitHub Markdown, for a pull-request comment, with `image` (a relative link) or `note` below it."""
+    mark = {True: "✅ pass", False: "❌ **FAIL**"}
+    lines = [
+        f"## gdpipe quality gate: {'PASS' if passed(results) else 'FAIL'}",
+        "",
+        _sentence(_tally(results)),
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for result in results:
+        metric, variant, shown, bound, _ = (cell.replace("|", "\\|") for cell in _cells(result))
+        lines.append(f"| `{metric}` | {variant} | {shown} | {bound} | {mark[result.passed]} |")
+    lines.append("")
+    lines.append(f"![Loss and w per epoch of both variants]({image})" if image else f"_{note}_")
+    return "\n".join(lines) + "\n"
+
+
+def load_baselines(metrics_path: str | Path, thresholds: Mapping[str, Bound]) -> dict[str, dict]:
+    """metrics.json as committed at each revision a relative bound names, read through DVC (as `dvc metrics show` does)."""
+    revs = sorted({bound.baseline_rev for bound in thresholds.values() if bound.max_rel_increase is not None})
+    if not revs:
+        return {}
+    # Imported only here: DVC takes a second to import and needs a git repository.
+    import dvc.api
+    from dvc.exceptions import DvcException
+    from dvc.scm import RevError
+
+    baselines = {}
+    for rev in revs:
+        try:
+            document = dvc.api.metrics_show(str(metrics_path), rev=rev)
+        except RevError:
+            raise InputError(f"thresholds: baseline_rev {rev!r} is not a revision of this git repository") from None
+        except FileNotFoundError:
+            raise InputError(f"thresholds: {metrics_path} does not exist at baseline_rev {rev!r}; commit it there first") from None
+        except DvcException as err:
+            raise InputError(f"thresholds: cannot read {metrics_path} at baseline_rev {rev!r}: {err}") from None
+        if not isinstance(document, dict):
+            raise InputError(f"thresholds: {metrics_path} at baseline_rev {rev!r} is not a metrics file written by the evaluate stage")
+        baselines[rev] = document
+    return baselines
+
+
+def copy_plot(plot: Path, report: Path) -> str | None:
+    """Copy the curves next to the report (report name, .png) so a relative link finds them; None if there are none."""
+    try:
+        picture = plot.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise InputError(f"{plot}: cannot read: {err}") from None
+    target = report.with_suffix(".png")
+    with atomic_write(target, "wb") as handle:
+        handle.write(picture)
+    return target.name
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="its thresholds section holds the bounds")
+    parser.add_argument("--metrics", default="metrics.json", help="written by the evaluate stage")
+    parser.add_argument("--plot", default="plots/curves.png", help="the loss curves the report shows")
+    parser.add_argument("--report", default="reports/check.md", help="the Markdown report; the picture goes beside it")
+    args = parser.parse_args(argv)
+    params = config.load(args.params)
+    metrics = read_json(args.metrics)
+    if not isinstance(metrics, dict):
+        raise InputError(f"{args.metrics}: not a metrics file written by the evaluate stage (expected a JSON object)")
+    results = check(metrics, params.thresholds, load_baselines(args.metrics, params.thresholds))
+    report = Path(args.report)
+    image = copy_plot(Path(args.plot), report)
+    note = f"No picture: {args.plot} does not exist (run dvc repro)."
+    with atomic_write(report) as handle:
+        handle.write(format_markdown(results, image, note))
+    print(format_table(results))
+    print(f"report: {report}" + ("" if image else f" ({note})"))
+    return 0 if passed(results) else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
