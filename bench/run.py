@@ -345,6 +345,7 @@ def machine() -> dict:
         "memory_gib": round(mem_kib / 2**20, 1),
         "python": platform.python_version(),
         "numpy": np.__version__,
+        **{name: _version(name) for name in ("torch", "mlflow", "dvc")},
         "load_average_at_start": os.getloadavg(),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
     }
@@ -357,6 +358,15 @@ def machine() -> dict:
     except ImportError:
         pass
     return info
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def rows(results: dict) -> list[tuple[str, dict, float | None]]:
