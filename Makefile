@@ -1,5 +1,6 @@
 # gdpipe: `make repro` runs the pipeline, `make test` the tests, `make check` the pipeline and then
-# the quality gate (exit 1 when a metric misses its bar; make reports it as 2). The first use creates .venv.
+# the quality gate (exit 1 when a metric misses its bar; make reports it as 2), `make bench` the
+# benchmark. The first use creates .venv.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +17,7 @@ STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
 UI_PORT ?= 5000
 SWEEP_LRS ?= 0.001 0.01 0.1
 
-.PHONY: repro test check ui sweep venv clean
+.PHONY: repro test check bench ui sweep venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,10 @@ check: $(STAMP)
 	$(BIN)/dvc repro
 	PYTHONPATH=src $(BIN)/python -m gdpipe.gate --params params.yaml --metrics metrics.json \
 		--plot plots/curves.png --report reports/check.md
+
+# Performance against the hardware floor and the plain tutorial script: a table and bench/results.json.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
 
 # The MLflow UI for this project's store, on this machine only. One worker: multi-worker servers
 # are known to stall on slow connections.

@@ -79,3 +79,16 @@ def test_lr_bound_of_the_lessons_data():
     x = np.array([1, 2, 3, 4], dtype=np.float32)
     assert linear.lr_bound(x) == pytest.approx(1 / 7.5)  # 0.1333: 1/mean(x^2)
     assert linear.lr_bound(x, "sum") == pytest.approx(1 / 30)  # the summed gradient is 4 times larger
+
+
+def test_sums_do_not_go_through_blas(monkeypatch):
+    """BLAS sums in an order that depends on its kernel and thread count; the kernel must not use it."""
+
+    def no_blas(*args, **kwargs):
+        raise AssertionError("BLAS dot called")
+
+    x = np.linspace(-1, 1, 2 * linear.CHUNK + 5, dtype=np.float32)
+    expected = linear.residual_sums(np.float32(0.5), x, 2 * x), linear.optimal_w(x, 2 * x)
+    for name in ("dot", "vdot", "inner", "matmul", "vecdot"):
+        monkeypatch.setattr(np, name, no_blas)
+    assert (linear.residual_sums(np.float32(0.5), x, 2 * x), linear.optimal_w(x, 2 * x)) == expected

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,16 @@ def test_history_csv_round_trips_exactly(tmp_path, params):
     assert (tmp_path / "h.csv").read_text().splitlines()[:2] == ["epoch,w,loss", "1,0.3,30.0"]
     assert np.array_equal(back.epoch, history.epoch)
     assert np.array_equal(back.w, history.w) and np.array_equal(back.loss, history.loss)
+
+
+def test_torch_gets_huge_pages_only_for_arrays_glibc_would_map_afresh(monkeypatch):
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "")  # so that teardown restores whatever was there
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    training.trainer_for("torch", training.HUGE_PAGES_FROM_BYTES)
+    training.trainer_for("numpy", 10 * training.HUGE_PAGES_FROM_BYTES)
+    assert "THP_MEM_ALLOC_ENABLE" not in os.environ
+    training.trainer_for("torch", training.HUGE_PAGES_FROM_BYTES + 1)
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")  # a user's own setting wins
+    training.trainer_for("torch", 10 * training.HUGE_PAGES_FROM_BYTES)
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"

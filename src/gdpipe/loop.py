@@ -6,6 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
+from gdpipe import progress
 from gdpipe.history import History
 
 # How many epochs run between divergence checks; a check may force a device sync.
@@ -25,15 +26,20 @@ class Stepper(Protocol):
         """w and loss of the first `epochs_run` epochs, copied to host memory once."""
 
 
-def fit(stepper: Stepper, epochs: int, log_every: int) -> History:
-    """Run up to `epochs` steps, stopping soon after w stops being finite."""
+def fit(stepper: Stepper, epochs: int, log_every: int, label: str = "train") -> History:
+    """Run up to `epochs` steps, stopping soon after w stops being finite; a progress bar on a terminal."""
     epochs_run = 0
-    while epochs_run < epochs:
-        block_end = min(epochs_run + CHECK_EVERY, epochs)
-        for index in range(epochs_run, block_end):
-            stepper.step(index)
-        epochs_run = block_end
-        if not stepper.all_finite():
-            break
+    bar = progress.bar(epochs, label, "epoch")
+    try:
+        while epochs_run < epochs:
+            block_end = min(epochs_run + CHECK_EVERY, epochs)
+            for index in range(epochs_run, block_end):
+                stepper.step(index)
+            bar.update(block_end - epochs_run)
+            epochs_run = block_end
+            if not stepper.all_finite():
+                break
+    finally:
+        bar.close()
     w, loss = stepper.trajectory(epochs_run)
     return History.from_trajectory(w, loss, log_every)

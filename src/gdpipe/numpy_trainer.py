@@ -39,4 +39,4 @@ class NumpyStepper:
 
 def train(data: Dataset, params: TrainParams) -> History:
     """Fit w by full-batch gradient descent with the hand-written gradient."""
-    return fit(NumpyStepper(data, params), params.epochs, params.log_every)
+    return fit(NumpyStepper(data, params), params.epochs, params.log_every, label="train numpy")

@@ -35,6 +35,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import DatasetInput, InputTag, Metric, Param  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
+from gdpipe import progress  # noqa: E402
 from gdpipe.data import Dataset  # noqa: E402
 from gdpipe.errors import InputError, Terminated  # noqa: E402
 from gdpipe.record import RunRecord, now_ms  # noqa: E402
@@ -44,6 +45,8 @@ for _logger in ("mlflow", "alembic"):
     logging.getLogger(_logger).setLevel(logging.WARNING)
 
 FINGERPRINT_TAG = "gdpipe.fingerprint"
+# Metrics per log_batch call: MLflow's own limit per request, and one step of the progress bar.
+METRICS_PER_BATCH = 1000
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
@@ -132,12 +135,13 @@ def _find_or_create_run(client: MlflowClient, experiment_id: str, record: RunRec
     )
     run_id = run.info.run_id
     try:
-        client.log_batch(run_id, metrics=_metrics(record), params=[Param(key, str(value)) for key, value in record.params.items()])
+        client.log_batch(run_id, params=[Param(key, str(value)) for key, value in record.params.items()])
+        log_metrics(client, run_id, record)
         client.log_inputs(run_id, [_dataset_input(record, dataset)])
         for path in record.artifacts:
             client.log_artifact(run_id, str(path))
         if record.has_model:
-            with mlflow.start_run(run_id=run_id):
+            with mlflow.start_run(run_id=run_id), _no_requirement_scan():
                 mlflow.pyfunc.log_model(
                     name="model",
                     python_model=str(MODEL_CODE),
@@ -157,8 +161,42 @@ def _find_or_create_run(client: MlflowClient, experiment_id: str, record: RunRec
     return run_id, True
 
 
+def log_metrics(client: MlflowClient, run_id: str, record: RunRecord) -> None:
+    """Log the record's metrics in batches of MLflow's maximum size, with a progress bar on a terminal."""
+    metrics = _metrics(record)
+    bar = progress.bar(len(metrics), f"publish {record.variant}", "metric")
+    try:
+        for start in range(0, len(metrics), METRICS_PER_BATCH):
+            batch = metrics[start : start + METRICS_PER_BATCH]
+            client.log_batch(run_id, metrics=batch)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+
+
+@contextlib.contextmanager
+def _no_requirement_scan() -> Iterator[None]:
+    """Skip log_model's check of the model's requirements against the installed packages.
+
+    The check reads the metadata of every installed distribution (about a second here) only to
+    warn about a mismatch, and the one requirement logged, this very mlflow's version, cannot
+    mismatch. If MLflow moves the function, nothing is skipped: slower, never wrong.
+    """
+    from mlflow.utils import environment
+
+    check = getattr(environment, "warn_dependency_requirement_mismatches", None)
+    if check is None:
+        yield
+        return
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = check
+
+
 def _metrics(record: RunRecord) -> list[Metric]:
-    """w and loss per recorded epoch (step = epoch), then the final values, in one batch.
+    """w and loss per recorded epoch (step = epoch), then the final values.
 
     When the training times are known, each epoch's timestamp is placed between them in
     proportion to its number (full-batch epochs take equal time), so MLflow's time axis is

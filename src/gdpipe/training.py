@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from gdpipe.config import TrainParams, Variant
@@ -10,11 +11,23 @@ from gdpipe.history import History
 from gdpipe.linear import lr_bound
 
 
-def trainer_for(variant: Variant) -> Callable[[Dataset, TrainParams], History]:
-    """The `train` function of a variant; torch is imported only when it is asked for."""
+# glibc serves blocks over 32 MiB (its largest mmap threshold) from fresh mmaps and unmaps them
+# when freed, so above this size every epoch page-faults torch's autograd temporaries in anew.
+HUGE_PAGES_FROM_BYTES = 32 << 20
+
+
+def trainer_for(variant: Variant, array_bytes: int = 0) -> Callable[[Dataset, TrainParams], History]:
+    """The `train` function of a variant; torch is imported only when it is asked for.
+
+    For arrays over HUGE_PAGES_FROM_BYTES, torch is told (before it is imported) to advise its
+    large allocations onto transparent huge pages: 512 times fewer page faults per epoch. Smaller
+    arrays are reused from glibc's heap without faults, where huge pages would only add zeroing.
+    """
     if variant == "numpy":
         from gdpipe.numpy_trainer import train
     else:
+        if array_bytes > HUGE_PAGES_FROM_BYTES:
+            os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # a user's own setting wins
         from gdpipe.torch_trainer import train  # type: ignore[no-redef]
     return train
 

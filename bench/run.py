@@ -1,0 +1,447 @@
+"""make bench: gdpipe held against the hardware floor and against the plain tutorial script.
+
+Every figure is a ratio of two measurements taken in the same process or the same run,
+interleaved repeat by repeat, because these machines are shared and noisy: the median ratio of
+several repeats, with its min and max. Results go to bench/results.json and a table to stdout.
+
+    python bench/run.py [--quick] [--only kernel,memory,publish,pipeline,overhead] [--out bench/results.json]
+
+1. kernel    per-epoch time of each training step / one np.dot(x, y) over the same float32 arrays
+2. memory    peak RSS of each train stage at N = 5e7 / the bytes of x and y
+3. publish   the track stage's metric logging, 10,000 epochs x 2 variants / bare MlflowClient.log_batch
+4. pipeline  `dvc repro -f` / the tutorial script with MLflow logging (and / the bare script)
+5. overhead  `dvc repro` with everything up to date / `dvc status`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SRC = REPO / "src"
+# The goal of each figure: the ratio must be at most this.
+GOALS = {
+    "kernel numpy N=1e7": 3.0,
+    "kernel torch N=1e7": 10.0,
+    "memory numpy N=5e7": 1.6,
+    "memory torch N=5e7": 3.0,
+    "publish 10k epochs x 2": 1.2,
+    "pipeline / tutorial+mlflow": 1.0,
+    "repro up to date / status": 1.3,
+}
+# Both sides of every comparison run with the settings `make` exports.
+ENV = {"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def summarize(ratios: list[float]) -> dict:
+    """Median, min and max of the per-repeat ratios, and the ratios themselves."""
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "repeats": [round(r, 4) for r in ratios]}
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This venv first on PATH, no inherited DVC or MLflow targets, the Makefile's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    return env | {"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"} | ENV | extra
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# --- 1. kernel ------------------------------------------------------------------------------
+
+KERNEL_VARIANTS = ("numpy", "torch", "tutorial-numpy", "tutorial-torch")
+
+
+def kernel_child(variant: str, sizes: list[int], repeats: int) -> dict:
+    """In a fresh process (so one variant's process settings cannot help another): per-epoch ratios."""
+    import numpy as np
+
+    sys.path.insert(0, str(SRC))
+    from gdpipe import config, data
+
+    results = {}
+    for n in sizes:
+        dataset = data.generate(config.DataParams(n_samples=n, true_w=2.0, noise_std=0.1, seed=0, x_layout="uniform", x_low=-1.0, x_high=1.0))
+        x, y = dataset.x, dataset.y
+        epochs = max(3, min(200, int(3e7 // n)))
+        run = _epochs_runner(variant, dataset, epochs)
+        run()  # warm-up: first-touch page faults, lazy initialisation
+        ratios = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(epochs):
+                np.dot(x, y)
+            floor = time.perf_counter() - start
+            start = time.perf_counter()
+            run()
+            ratios.append((time.perf_counter() - start) / floor)
+        results[str(n)] = summarize(ratios) | {"epochs_per_repeat": epochs}
+    return results
+
+
+def _epochs_runner(variant: str, dataset, epochs: int):
+    """A function that runs `epochs` epochs of one variant on `dataset`."""
+    import numpy as np
+
+    lr = 0.1
+    if variant in ("numpy", "torch"):
+        from gdpipe import config, training
+
+        params = config.TrainParams(
+            lr=lr, epochs=epochs, w_init=0.0, log_every=1, numpy=config.NumpyParams(gradient="mean"), torch=config.TorchParams(device="cpu")
+        )
+        train = training.trainer_for(variant, dataset.x.nbytes)  # as the train stage calls it
+        return lambda: train(dataset, params)
+    if variant == "tutorial-numpy":
+        # The lesson's NumPy cell, with its gradient made the mean (its sum diverges at large N).
+        X, Y = dataset.x, dataset.y
+
+        def run():
+            w = 0.0
+            for _ in range(epochs):
+                y_pred = w * X
+                l = ((y_pred - Y) ** 2).mean()  # noqa: E741, F841
+                dw = np.dot(2 * X, y_pred - Y).mean() / X.size
+                w -= lr * dw
+
+        return run
+    import torch
+
+    X, Y = torch.from_numpy(dataset.x), torch.from_numpy(dataset.y)
+
+    def run():  # the lesson's torch cell
+        w = torch.tensor(0.0, dtype=torch.float32, requires_grad=True)
+        for _ in range(epochs):
+            y_pred = w * X
+            l = ((y_pred - Y) ** 2).mean()  # noqa: E741
+            l.backward()
+            with torch.no_grad():
+                w -= lr * w.grad
+            w.grad.zero_()
+
+    return run
+
+
+def bench_kernel(quick: bool) -> dict:
+    sizes = [10**5, 10**6] if quick else [10**5, 10**6, 10**7]
+    repeats = 3 if quick else 7
+    out: dict = {}
+    for variant in KERNEL_VARIANTS:
+        say(f"kernel: {variant}")
+        for n in sizes:
+            # One process per size too: like the train stage, torch settles its allocator for the data it meets first.
+            done = subprocess.run(
+                [sys.executable, __file__, "--kernel-child", variant, "--sizes", str(n), "--repeats", str(repeats)],
+                capture_output=True, text=True, env=child_env(), check=True,
+            )
+            out.setdefault(variant, {}).update(json.loads(done.stdout))
+    return out
+
+
+# --- 2. memory ------------------------------------------------------------------------------
+
+
+def write_params(path: Path, **overrides) -> Path:
+    """params.yaml of the repo with dotted overrides, as YAML."""
+    sys.path.insert(0, str(SRC))
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="safe")
+    document = yaml.load((REPO / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        node = document
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    yaml.default_flow_style = False
+    with path.open("w") as handle:
+        yaml.dump(document, handle)
+    return path
+
+
+def peak_rss(command: list[str], cwd: Path) -> int:
+    """Run `command` and return its peak resident set size in bytes (Linux: ru_maxrss in KiB)."""
+    process = subprocess.Popen(command, cwd=cwd, env=child_env(PYTHONPATH=str(SRC)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.read().decode()}")
+    return usage.ru_maxrss * 1024
+
+
+def bench_memory(quick: bool, work: Path) -> dict:
+    n = 5 * 10**6 if quick else 5 * 10**7
+    folder = work / "memory"
+    folder.mkdir()
+    params = write_params(folder / "params.yaml", **{"data.n_samples": n, "data.x_layout": "uniform", "train.lr": 0.1, "train.epochs": 3})
+    say(f"memory: generate N={n:.0e}")
+    subprocess.run([sys.executable, str(REPO / "stages/generate.py"), "--params", str(params), "--out", "dataset.npz"],
+                   cwd=folder, env=child_env(PYTHONPATH=str(SRC)), check=True)
+    data_bytes = 2 * 4 * n  # x and y, float32
+    out = {"n": n, "data_bytes": data_bytes}
+    for variant in ("numpy", "torch"):
+        say(f"memory: train {variant}")
+        rss = peak_rss([sys.executable, str(REPO / "stages/train.py"), "--variant", variant, "--params", str(params), "--data", "dataset.npz",
+                        "--history", f"{variant}.csv", "--model", f"{variant}.json"], folder)
+        out[variant] = {"peak_rss_bytes": rss, "ratio": rss / data_bytes}
+    shutil.rmtree(folder)
+    return out
+
+
+# --- 3. publish -----------------------------------------------------------------------------
+
+
+def bench_publish(quick: bool, work: Path) -> dict:
+    """gdpipe's metric logging vs a bare log_batch of the same Metric values, fresh runs of one store."""
+    epochs = 2_000 if quick else 10_000
+    repeats = 2 if quick else 3
+    sys.path.insert(0, str(SRC))
+    os.environ.update(ENV)
+    from gdpipe import config, data, tracking, training
+    from gdpipe.record import RunRecord
+    from mlflow import MlflowClient
+
+    params = config.load(write_params(work / "publish-params.yaml", **{"train.epochs": epochs}))
+    dataset = data.generate(params.data)
+    records = []
+    for variant in config.VARIANTS:
+        history = training.train(variant, dataset, params.train)
+        records.append(RunRecord(variant=variant, name=variant, fingerprint="", params={}, tags={}, history=history,
+                                 final_metrics={"prediction": 10.0}, model_path=Path(), has_model=False, started_ms=1, finished_ms=2,
+                                 dataset_path=Path(), dataset_sha256="", artifacts=()))
+    uri = f"sqlite:///{work / 'publish' / 'mlflow.db'}"
+    (work / "publish").mkdir()
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("bench", artifact_location=(work / "publish" / "artifacts").as_uri())
+    bare_metrics = {record.variant: tracking._metrics(record) for record in records}
+    ratios = []
+    say(f"publish: {epochs} epochs x {len(records)} variants, {repeats} repeats")
+    for repeat in range(repeats):
+        spent = {"gdpipe": 0.0, "bare": 0.0}
+        # Alternate which goes first: the store grows as it goes.
+        for side in (("gdpipe", "bare") if repeat % 2 == 0 else ("bare", "gdpipe")):
+            for record in records:
+                run_id = client.create_run(experiment).info.run_id
+                start = time.perf_counter()
+                if side == "gdpipe":
+                    tracking.log_metrics(client, run_id, record)
+                else:
+                    client.log_batch(run_id, metrics=bare_metrics[record.variant])
+                spent[side] += time.perf_counter() - start
+        ratios.append(spent["gdpipe"] / spent["bare"])
+    return summarize(ratios) | {"epochs": epochs, "metrics_per_variant": len(bare_metrics["numpy"])}
+
+
+# --- 4. pipeline and 5. overhead --------------------------------------------------------------
+
+
+def copy_repo(destination: Path) -> Path:
+    """This checkout's tracked and new files (no outputs or caches) as a fresh git repo, sharing .venv."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO, check=True, capture_output=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO / name
+        if source.is_file() and not name.startswith("bench/"):
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    (destination / ".venv").symlink_to(REPO / ".venv")
+    git = ["git", "-c", "user.name=gdpipe bench", "-c", "user.email=bench@gdpipe.invalid"]
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=destination, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=destination, check=True)
+    return destination
+
+
+def empty_store(folder: Path) -> Path:
+    """An MLflow sqlite store with its tables created and nothing in it, to copy before each run."""
+    from mlflow import MlflowClient
+
+    folder.mkdir(parents=True)
+    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    return folder / "mlflow.db"
+
+
+def timed(command: list[str], cwd: Path, **env: str) -> float:
+    """Wall time of a command that must succeed."""
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=child_env(**env), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return seconds
+
+
+def bench_pipeline(quick: bool, work: Path) -> dict:
+    """dvc repro -f vs the tutorial script with MLflow, each into a fresh copy of one empty store."""
+    repeats = 2 if quick else 3
+    repo = copy_repo(work / "repo")
+    template = empty_store(work / "template")
+    dvc = str(BIN / "dvc")
+    say("pipeline: first dvc repro (warm-up, untimed)")
+    timed([dvc, "repro"], repo)
+    script_dir = work / "script"
+    to_script, to_bare, pipeline_s, script_s, bare_s = [], [], [], [], []
+    for repeat in range(repeats):
+        say(f"pipeline: repeat {repeat + 1}/{repeats}")
+        shutil.rmtree(repo / "mlruns")
+        (repo / "mlruns").mkdir()
+        shutil.copy(template, repo / "mlruns" / "mlflow.db")
+        pipeline = timed([dvc, "repro", "-f"], repo)
+        shutil.rmtree(script_dir, ignore_errors=True)
+        script_dir.mkdir()
+        shutil.copy(template, script_dir / "mlflow.db")
+        script = timed([sys.executable, str(REPO / "bench/tutorial_mlflow.py"), f"sqlite:///{script_dir / 'mlflow.db'}"], script_dir)
+        bare = timed([sys.executable, str(REPO / "bench/tutorial.py")], script_dir)
+        pipeline_s.append(pipeline), script_s.append(script), bare_s.append(bare)
+        to_script.append(pipeline / script)
+        to_bare.append(pipeline / bare)
+    return {
+        "to_script": summarize(to_script),
+        "to_bare_script": summarize(to_bare),
+        "seconds": {"pipeline": pipeline_s, "script": script_s, "bare_script": bare_s},
+    }
+
+
+def bench_overhead(quick: bool, work: Path) -> dict:
+    """dvc repro with nothing to do vs dvc status, on the repo the pipeline bench reproduced."""
+    repo = work / "repo"
+    if not repo.exists():
+        copy_repo(repo)
+        timed([str(BIN / "dvc"), "repro"], repo)
+    repeats = 3 if quick else 7
+    ratios = []
+    say(f"overhead: {repeats} repeats")
+    for _ in range(repeats):
+        status = timed([str(BIN / "dvc"), "status"], repo)
+        repro = timed([str(BIN / "dvc"), "repro"], repo)
+        ratios.append(repro / status)
+    return summarize(ratios)
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    import numpy as np
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    mem_kib = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), 0)
+    info = {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        **{name: _version(name) for name in ("torch", "mlflow", "dvc")},
+        "load_average_at_start": os.getloadavg(),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+    }
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [
+            {key: pool.get(key) for key in ("internal_api", "version", "architecture", "num_threads")} for pool in threadpool_info() if pool.get("user_api") == "blas"
+        ]
+    except ImportError:
+        pass
+    return info
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def rows(results: dict) -> list[tuple[str, dict, float | None]]:
+    """(label, summary, goal) for the table; goals only where the issue sets one."""
+    table = []
+    for variant, sizes in results.get("kernel", {}).items():
+        for n, summary in sizes.items():
+            label = f"kernel {variant} N=1e{len(n) - 1}"
+            table.append((label, summary, GOALS.get(label)))
+    memory = results.get("memory")
+    if memory:
+        for variant in ("numpy", "torch"):
+            label = f"memory {variant} N={memory['n']:.0e}".replace("e+0", "e")
+            ratio = memory[variant]["ratio"]
+            table.append((label, {"median": ratio, "min": ratio, "max": ratio}, GOALS.get(label)))
+    if "publish" in results:
+        label = f"publish {results['publish']['epochs'] // 1000}k epochs x 2"
+        table.append((label, results["publish"], GOALS.get(label)))
+    if "pipeline" in results:
+        table.append(("pipeline / tutorial+mlflow", results["pipeline"]["to_script"], GOALS["pipeline / tutorial+mlflow"]))
+        table.append(("pipeline / bare tutorial", results["pipeline"]["to_bare_script"], None))
+    if "overhead" in results:
+        table.append(("repro up to date / status", results["overhead"], GOALS["repro up to date / status"]))
+    return table
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'measure':<34} {'median':>8} {'min':>8} {'max':>8} {'goal':>7}  verdict", "-" * 78]
+    for label, summary, goal in rows(results):
+        verdict = "" if goal is None else ("PASS" if summary["median"] <= goal else "MISS")
+        goal_text = "" if goal is None else f"<= {goal:g}"
+        lines.append(f"{label:<34} {summary['median']:>7.2f}x {summary['min']:>7.2f}x {summary['max']:>7.2f}x {goal_text:>7}  {verdict}")
+    return "\n".join(lines)
+
+
+SECTIONS = ("kernel", "memory", "publish", "pipeline", "overhead")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats, to try the benchmark itself")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results.json"))
+    parser.add_argument("--kernel-child", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.kernel_child:
+        print(json.dumps(kernel_child(args.kernel_child, [int(n) for n in args.sizes.split(",")], args.repeats)))
+        return 0
+    chosen = [name for name in args.only.split(",") if name]
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    started = time.perf_counter()
+    results: dict = {"machine": machine(), "quick": args.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with tempfile.TemporaryDirectory(prefix="gdpipe-bench-") as scratch:
+        work = Path(scratch)
+        for name in SECTIONS:
+            if name in chosen:
+                section_started = time.perf_counter()
+                if name == "kernel":
+                    results[name] = bench_kernel(args.quick)
+                else:
+                    results[name] = globals()[f"bench_{name}"](args.quick, work)
+                results.setdefault("section_seconds", {})[name] = round(time.perf_counter() - section_started, 1)
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    results["goals"] = GOALS
+    results["table"] = format_table(results).splitlines()
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
+    print(f"\n{results['machine']['nproc']} cores, {results['machine']['cpu']}, {results['machine']['memory_gib']} GiB; "
+          f"load {results['machine']['load_average_at_start'][0]:.2f} at start; {results['total_seconds']:.0f} s; written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
