@@ -92,3 +92,23 @@ def test_sums_do_not_go_through_blas(monkeypatch):
     for name in ("dot", "vdot", "inner", "matmul", "vecdot"):
         monkeypatch.setattr(np, name, no_blas)
     assert (linear.residual_sums(np.float32(0.5), x, 2 * x), linear.optimal_w(x, 2 * x)) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(problems())
+def test_torch_variants_fused_loss_is_the_lessons_mse(problem):
+    """The torch variant uses F.mse_loss for a leaner graph: same value and same autograd gradient as linear.mse."""
+    from torch.nn.functional import mse_loss
+
+    w, x, y = problem
+    x_t, y_t = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(y.astype(np.float64))
+    grads, losses = [], []
+    for loss_fn in (linear.mse, mse_loss):
+        w_t = torch.tensor(float(w), dtype=torch.float64, requires_grad=True)
+        loss = loss_fn(linear.predict(w_t, x_t), y_t)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(w_t.grad.item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-12, abs=1e-300)
+    scale = abs(grads[0]) + float(np.mean(np.abs(x.astype(np.float64) * (float(w) * x - y))))
+    assert grads[1] == pytest.approx(grads[0], rel=1e-9, abs=1e-9 * scale + 1e-300)
