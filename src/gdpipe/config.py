@@ -21,6 +21,17 @@ VARIANTS: tuple[Variant, ...] = ("numpy", "torch")
 # Upper bounds keep a typo (epochs: 1e12) from allocating terabytes or running for a year.
 MAX_EPOCHS = 10_000_000
 MAX_SAMPLES = 1_000_000_000
+# Data, w and f(x) are float32, as in the lesson: a larger number would be infinity there.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _fits_float32(value: float) -> float:
+    if abs(value) > FLOAT32_MAX:
+        raise ValueError(f"must be within float32's range, |value| <= {FLOAT32_MAX:.4g} (gdpipe computes in float32)")
+    return value
+
+
+Float32 = Annotated[float, AfterValidator(_fits_float32)]
 
 
 class _Section(BaseModel):
@@ -33,13 +44,13 @@ class DataParams(_Section):
     """How `generate` builds the data set y = true_w * x + noise."""
 
     n_samples: int = Field(ge=1, le=MAX_SAMPLES)
-    true_w: float
-    noise_std: float = Field(ge=0)
+    true_w: Float32
+    noise_std: Float32 = Field(ge=0)
     seed: int = Field(ge=0)
     # grid: x = 1, 2, ..., n as in the lesson; uniform: x drawn from U(x_low, x_high).
     x_layout: Literal["grid", "uniform"]
-    x_low: float
-    x_high: float
+    x_low: Float32
+    x_high: Float32
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> DataParams:
@@ -67,7 +78,7 @@ class TrainParams(_Section):
 
     lr: float = Field(gt=0)
     epochs: int = Field(ge=1, le=MAX_EPOCHS)
-    w_init: float
+    w_init: Float32
     log_every: int = Field(ge=1)
     numpy: NumpyParams
     torch: TorchParams
@@ -76,7 +87,7 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     """Where the trained line is evaluated: f(x)."""
 
-    x: float
+    x: Float32
 
 
 class TrackParams(_Section):
@@ -172,6 +183,10 @@ def _read_yaml(path: Path) -> Any:
         raise InputError(f"{path}: cannot read: {err}") from None
     try:
         return YAML(typ="safe").load(text)
+    except RecursionError:
+        raise InputError(f"{path}: invalid YAML: nested too deeply") from None
+    except ValueError as err:  # e.g. an integer longer than Python converts (4300 digits)
+        raise InputError(f"{path}: invalid YAML: {_short(str(err).split(';')[0], 120)}") from None
     except MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -194,14 +209,18 @@ def _describe(err: ValidationError) -> str:
         return f"{mapping}: key {first['input']!r}: {first['msg']}{more}"
     if first["type"] == "extra_forbidden":
         section = _model_at(Params, first["loc"][:-1])
-        return f"unknown key {key!r}; allowed here: {_allowed(section)}{more}"
+        return f"unknown key {_short(repr(key))}; allowed here: {_allowed(section)}{more}"
+    if first["type"] == "invalid_key":  # `1: x`, `null: x`: YAML keys that are not strings
+        where = ".".join(str(part) for part in first["loc"][:-1])
+        section = _model_at(Params, first["loc"][:-1])
+        return f"unknown key {_short(repr(first['input']))} in {where or 'the top level'} (keys are names); allowed here: {_allowed(section)}{more}"
     if first["type"] == "missing":
-        return f"missing key {key!r}{more}"
+        return f"missing key {_short(repr(key))}{more}"
     message = first["msg"].removeprefix("Value error, ").split(" or instance of ")[0]
     value = first["input"]
     if isinstance(value, dict):  # a rule about the section as a whole (e.g. x_low < x_high)
         return f"{key}: {message}{more}"
-    shown = _kind(value) if isinstance(value, list) else repr(value)
+    shown = _kind(value) if isinstance(value, list) else _short(repr(value))
     return f"{key} = {shown}: {message}{more}"
 
 
@@ -216,6 +235,11 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
 
 def _allowed(model: type[BaseModel]) -> str:
     return ", ".join(model.model_fields)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """`text` cut to `limit` characters, so a pasted blob still gives a readable line."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _kind(value: Any) -> str:

@@ -32,18 +32,33 @@ def generate(params: DataParams) -> Dataset:
     """Build the data set the params describe; the defaults give the lesson's x = 1..4, y = 2x."""
     x_stream, noise_stream = (np.random.default_rng(s) for s in np.random.SeedSequence(params.seed).spawn(2))
     n = params.n_samples
-    if params.x_layout == "grid":
-        x = np.arange(1, n + 1, dtype=np.float32)
-    else:
-        x = x_stream.random(n, dtype=np.float32)
-        x *= np.float32(params.x_high - params.x_low)
-        x += np.float32(params.x_low)
-    y = x * np.float32(params.true_w)
-    if params.noise_std > 0:
-        for start in range(0, n, _NOISE_CHUNK):
-            chunk = y[start : start + _NOISE_CHUNK]
-            chunk += np.float32(params.noise_std) * noise_stream.standard_normal(chunk.size, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, with the params to blame
+        if params.x_layout == "grid":
+            x = np.arange(1, n + 1, dtype=np.float32)
+        else:
+            x = x_stream.random(n, dtype=np.float32)
+            x *= np.float32(params.x_high - params.x_low)
+            x += np.float32(params.x_low)
+        y = x * np.float32(params.true_w)
+        if params.noise_std > 0:
+            for start in range(0, n, _NOISE_CHUNK):
+                chunk = y[start : start + _NOISE_CHUNK]
+                chunk += np.float32(params.noise_std) * noise_stream.standard_normal(chunk.size, dtype=np.float32)
+    if not _all_finite(x):
+        raise InputError(f"data: x_high - x_low = {params.x_high - params.x_low:g} is beyond float32's range; narrow data.x_low .. data.x_high")
+    if not np.any(x):
+        raise InputError(f"data: every x is 0 in float32 (data.x_low = {params.x_low:g}, data.x_high = {params.x_high:g}), so w cannot be fitted; widen the range")
+    if not _all_finite(y):
+        raise InputError(
+            f"data: y = true_w * x + noise overflows float32 (data.true_w = {params.true_w:g}, data.noise_std = {params.noise_std:g}, "
+            f"|x| up to {n if params.x_layout == 'grid' else max(abs(params.x_low), abs(params.x_high)):g}); use smaller values"
+        )
     return Dataset(x=x, y=y)
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """No NaN or infinity in `a`, checked chunk by chunk (no full-size temporary)."""
+    return all(np.isfinite(a[start : start + _NOISE_CHUNK]).all() for start in range(0, a.size, _NOISE_CHUNK))
 
 
 def save(dataset: Dataset, path: str | Path) -> None:
@@ -69,4 +84,8 @@ def load(path: str | Path) -> Dataset:
         raise InputError(f"{path}: not a readable data set with float32 arrays x and y ({err})") from None
     if x.dtype != np.float32 or y.dtype != np.float32 or x.ndim != 1 or x.shape != y.shape or x.size == 0:
         raise InputError(f"{path}: x and y must be non-empty float32 vectors of equal length, got {x.dtype}{x.shape} and {y.dtype}{y.shape}")
+    if not (_all_finite(x) and _all_finite(y)):
+        raise InputError(f"{path}: x and y must be finite, found NaN or infinity (rerun the generate stage: dvc repro)")
+    if not np.any(x):
+        raise InputError(f"{path}: every x is 0, so w cannot be fitted (rerun the generate stage: dvc repro)")
     return Dataset(x=x, y=y)

@@ -1,0 +1,413 @@
+"""When things go wrong: bad input, interruptions, parallel publishers, determinism and secrets.
+
+Whatever happens, gdpipe says in one line what went wrong (exit 2, 130 or 143), keeps every earlier
+result, leaves nothing half-written, and never prints or records a credential.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
+from ruamel.yaml import YAML
+
+from conftest import REPO, load_default_params
+from gdpipe import config
+from gdpipe.errors import run_main
+
+sys.path.insert(0, str(REPO / "stages"))
+import evaluate  # noqa: E402  (the stage scripts, imported to call their main)
+import generate  # noqa: E402
+import train  # noqa: E402
+import validate  # noqa: E402
+
+
+def run_stage(main, argv: list[str]) -> tuple[int, str]:
+    """A stage's exit code and stderr, run in this process the way its __main__ runs it."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = run_main(main, argv)
+    return code, err.getvalue()
+
+
+def assert_one_error_line(stderr: str, *names: str) -> None:
+    """Exactly one line, `gdpipe: error: ...`, that mentions every one of `names`; never a traceback."""
+    assert stderr.startswith("gdpipe: error: ") and stderr.count("\n") == 1 and stderr.endswith("\n"), stderr[:2000]
+    assert "Traceback" not in stderr
+    for name in names:
+        assert name in stderr, (name, stderr[:2000])
+
+
+# Upstream: importing mlflow.pyfunc in a process whose warnings are errors trips over MLflow's own type hints.
+publishes_in_process = pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning")
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
+# --- Bad input: params.yaml ------------------------------------------------------------------
+
+SECTIONS = {name: sorted(model.model_fields) for name, model in ((s, config.Params.model_fields[s].annotation) for s in config.Params.model_fields)}
+LEAVES = [f"{section}.{key}" for section, keys in SECTIONS.items() for key in keys if key not in ("numpy", "torch")]
+LEAVES += ["train.numpy.gradient", "train.torch.device"]
+PATHS = sorted(SECTIONS) + LEAVES + ["train.numpy", "train.torch"]
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([10**400, -(10**30), 2**63, 0, -1]),
+    st.floats(),  # NaN, infinities, subnormals, huge
+    st.sampled_from([1e308, -1e308, 5e-324, 3.5e38, 1e39, 1e-46]),
+    st.text(max_size=20),
+    st.text(alphabet="\n\t\"'#:{}[],&*!|>%@`\\ \x85\u2028", max_size=8),
+    st.sampled_from(["x" * 2000, "1e-3", "0x10", ".inf", "NaN", "yes", "null", "~", "mean", "cuda"]),
+)
+garbage = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6) | st.integers(), inner, max_size=4), max_leaves=12)
+
+
+def _set(document: dict, dotted: str, value: object) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        document = document[key]
+    document[last] = value
+
+
+def _delete(document: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        document = document[key]
+    del document[last]
+
+
+@st.composite
+def malformed_params(draw):
+    """(YAML text, the key as the error must name it, or None): one change to the repository's params.yaml."""
+    document = load_default_params()
+    kind = draw(st.sampled_from(["set", "set", "set", "delete", "extra", "top", "text"]))
+    if kind == "text":  # raw text: a YAML tag, a truncated file, deep nesting, a broken line
+        text = (REPO / "params.yaml").read_text()
+        lines = text.splitlines(keepends=True)
+        tag = draw(st.sampled_from([
+            "!!python/object/apply:os.system ['touch pwned']", "!!python/name:os.system", "!!python/object/new:dict []",
+            "!custom 1", "!!binary aGVsbG8=", "!!set {a, b}", "!!timestamp 2001-12-14", "!!float nan", "!!int 1e3",
+            "[" * 3000 + "]" * 3000, "{a: " * 2000 + "1" + "}" * 2000, "9" * 5000, "&a [*a]", "*undefined", "'unclosed",
+        ]))
+        target = draw(st.sampled_from([i for i, line in enumerate(lines) if ": " in line and not line.lstrip().startswith("#")]))
+        key_text, _, rest = lines[target].partition(": ")
+        mutated = lines[:target] + [f"{key_text}: {tag}\n"] + lines[target + 1 :]
+        if draw(st.booleans()):
+            mutated = ["".join(mutated)[: draw(st.integers(0, len(text)))]]
+        return "".join(mutated), None
+    if kind == "top":
+        return _dump(draw(st.one_of(garbage, st.just(None), st.just("")))), None
+    path = draw(st.sampled_from(PATHS))
+    if kind == "set":
+        _set(document, path, draw(garbage))
+    elif kind == "delete":
+        _delete(document, path)
+    else:
+        section = draw(st.sampled_from([None, *SECTIONS, "train.numpy", "train.torch"]))
+        name = draw(st.text(min_size=1, max_size=12) | st.integers() | st.sampled_from([None, True, 1.5]))
+        parent = document
+        for part in section.split(".") if section else []:
+            parent = parent[part]
+        if name in parent:
+            return _dump(document), None
+        parent[name] = draw(garbage)
+        dotted = f"{section}.{name}" if section else str(name)
+        return _dump(document), repr(dotted)[1:-1] if isinstance(name, str) else repr(name)
+    return _dump(document), path
+
+
+def _dump(document: object) -> str:
+    yaml = YAML(typ="safe")
+    yaml.default_flow_style = False
+    out = io.StringIO()
+    yaml.dump(document, out)
+    return out.getvalue()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(malformed_params())
+@example(("data: " + "[" * 5000 + "]" * 5000 + "\n", None))  # nested deeper than Python's recursion limit
+@example(((REPO / "params.yaml").read_text().replace("epochs: 100", "epochs: " + "9" * 5000), None))  # beyond int()'s digit limit
+@example(((REPO / "params.yaml").read_text() + "1: 2\n", "1"))  # keys that are not strings
+@example(((REPO / "params.yaml").read_text() + "null: 2\n", "None"))
+@example(((REPO / "params.yaml").read_text().replace("lr: 0.01 ", f"lr: '{'y' * 100_000}' "), "train.lr"))  # a pasted blob
+def test_malformed_params_load_or_fail_with_one_line_naming_the_key(case):
+    """Any params.yaml either loads into a valid Params or exits 2 with one short line naming the key; nothing is written."""
+    text, key = case
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "params.yaml"
+        path.write_text(text)
+        code, stderr = run_stage(validate.main, ["--params", str(path)])
+        if code == 0:
+            assert stderr == ""
+            params = config.load(path)
+            assert config.Params.model_validate(params.model_dump()) == params
+            return
+        assert code == 2
+        assert_one_error_line(stderr, str(path))
+        assert len(stderr) < 600, f"{len(stderr)} characters: {stderr[:300]}"
+        if key is not None:
+            assert key[:40] in stderr, (key, stderr)
+        out = Path(folder) / "out" / "dataset.npz"
+        assert run_stage(generate.main, ["--params", str(path), "--out", str(out)]) == (code, stderr)
+        assert files_under(Path(folder)) == [path]
+        assert not Path("pwned").exists()
+
+
+# --- Bad input: numbers that are legal YAML but not results ----------------------------------
+
+MODERATE = {
+    "data.true_w": st.floats(-4, 4),
+    "data.noise_std": st.floats(0, 1),
+    "data.x_low": st.floats(-4, 0),
+    "data.x_high": st.floats(0.001, 4),
+    "train.lr": st.floats(1e-4, 0.3),
+    "train.w_init": st.floats(-4, 4),
+    "evaluate.x": st.floats(-10, 10),
+}
+EXTREME = st.one_of(
+    st.floats(),  # huge, tiny, subnormal, NaN, infinities
+    st.sampled_from([0.0, 1e-46, -1e-46, 5e-324, 1e38, 3.4e38, -3.5e38, 1e39, 1e300, -1e300, 1e-300]),
+)
+
+
+@st.composite
+def numeric_params(draw) -> dict:
+    """The repository's params with moderate numbers, up to two of them drawn from anywhere in float64 (small data, few epochs)."""
+    overrides = {key: draw(strategy) for key, strategy in MODERATE.items()}
+    for key in draw(st.lists(st.sampled_from(sorted(MODERATE)), max_size=2, unique=True)):
+        value = draw(EXTREME)
+        overrides[key] = abs(value) if key in ("data.noise_std", "train.lr") else value
+    return overrides | {
+        "data.n_samples": draw(st.integers(1, 40)),
+        "data.seed": draw(st.integers(0, 2**64)),
+        "data.x_layout": draw(st.sampled_from(["grid", "uniform"])),
+        "train.epochs": draw(st.integers(1, 40)),
+        "train.log_every": draw(st.integers(1, 7)),
+        "train.numpy.gradient": draw(st.sampled_from(["mean", "sum"])),
+    }
+
+
+def _strict_json(path: Path):
+    return json.loads(path.read_text(), parse_constant=lambda name: (_ for _ in ()).throw(AssertionError(f"{path}: {name}")))
+
+
+def _numbers_in(document) -> list:
+    if isinstance(document, dict):
+        return [n for value in document.values() for n in _numbers_in(value)]
+    return [document] if isinstance(document, int | float) and not isinstance(document, bool) else []
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(numeric_params())
+@example({"train.w_init": 1e300})  # beyond float32: infinity before the first epoch
+@example({"data.true_w": 3e38, "data.n_samples": 4})  # y = true_w * x overflows float32
+@example({"data.x_layout": "uniform", "data.x_low": 0.0, "data.x_high": 1e-46})  # every x is 0 in float32: w undetermined
+@example({"data.x_layout": "uniform", "data.x_low": -3e38, "data.x_high": 3e38})  # the range is wider than float32
+@example({"evaluate.x": 1e308})  # f(x) = w * x overflows
+@example({"train.lr": 1e38})  # diverges in the first epoch
+@example({"train.lr": 0.5, "train.epochs": 200})  # diverges after some finite epochs
+def test_numbers_from_anywhere_train_or_fail_cleanly_and_metrics_stay_finite(tmp_path_factory, overrides):
+    """generate, train and evaluate either succeed with finite metrics (a divergence reported as such) or exit 2 with one line."""
+    from conftest import with_overrides, write_yaml
+
+    folder = tmp_path_factory.mktemp("numbers")
+    params = write_yaml(folder / "params.yaml", with_overrides(load_default_params(), overrides))
+    dataset = folder / "data" / "dataset.npz"
+    code, stderr = run_stage(generate.main, ["--params", str(params), "--out", str(dataset)])
+    if code != 0:
+        assert code == 2
+        assert_one_error_line(stderr)
+        assert str(params) in stderr or "data.x_" in stderr or "data.true_w" in stderr, stderr
+        assert files_under(folder) == [params]
+        event("refused by params or generate")
+        return
+    for variant in ("numpy", "torch"):
+        code, stderr = run_stage(train.main, ["--variant", variant, "--params", str(params), "--data", str(dataset),
+                                              "--history", str(folder / f"{variant}.csv"), "--model", str(folder / f"{variant}.json")])
+        assert code == 0 and stderr in ("", *[s for s in [stderr] if s.startswith(f"gdpipe: warning: {variant} diverged at epoch ") and s.count("\n") == 1]), stderr
+    metrics_path = folder / "metrics.json"
+    code, stderr = run_stage(evaluate.main, ["--params", str(params), "--data", str(dataset), "--models", str(folder / "numpy.json"),
+                                             str(folder / "torch.json"), "--histories", str(folder / "numpy.csv"), str(folder / "torch.csv"),
+                                             "--out", str(metrics_path)])
+    if code != 0:
+        assert code == 2
+        assert_one_error_line(stderr)
+        assert not metrics_path.exists()
+        return
+    metrics = _strict_json(metrics_path)
+    event(f"evaluated, diverged: {sorted(v for v in ('numpy', 'torch') if metrics[v]['diverged'])}")
+    assert all(math.isfinite(number) for number in _numbers_in(metrics)), metrics
+    for variant in ("numpy", "torch"):
+        model = _strict_json(folder / f"{variant}.json")
+        assert metrics[variant]["diverged"] is (model["diverged_at_epoch"] is not None)
+        assert ("prediction" in metrics[variant]) is not metrics[variant]["diverged"]
+
+
+# --- Bad input: files between stages ---------------------------------------------------------
+
+def build_workspace(folder: Path, overrides: dict | None = None) -> Path:
+    """The outputs of generate, train, evaluate and plot for the repository's params (with overrides), made in this process."""
+    from conftest import with_overrides, write_yaml
+
+    import plot
+
+    folder.mkdir(parents=True, exist_ok=True)
+    params = write_yaml(folder / "params.yaml", with_overrides(load_default_params(), overrides or {}))
+    steps = [(generate.main, ["--params", str(params), "--out", "data/dataset.npz"])]
+    steps += [(train.main, ["--variant", v, "--params", str(params), "--data", "data/dataset.npz", "--history", f"history/{v}.csv",
+                            "--model", f"models/{v}.json"]) for v in ("numpy", "torch")]
+    steps += [(evaluate.main, EVALUATE_ARGS), (plot.main, PLOT_ARGS)]
+    with contextlib.chdir(folder):
+        for main, argv in steps:
+            code, stderr = run_stage(main, argv)
+            assert code == 0, stderr
+    return folder
+
+
+EVALUATE_ARGS = ["--params", "params.yaml", "--data", "data/dataset.npz", "--models", "models/numpy.json", "models/torch.json",
+                 "--histories", "history/numpy.csv", "history/torch.csv", "--out", "metrics.json"]
+PLOT_ARGS = ["--data", "data/dataset.npz", "--histories", "history/numpy.csv", "history/torch.csv", "--out", "plots/curves.png"]
+TRAIN_ARGS = ["--variant", "numpy", "--params", "params.yaml", "--data", "data/dataset.npz", "--history", "history/numpy.csv",
+              "--model", "models/numpy.json"]
+TRACK_ARGS = ["--params", "params.yaml", "--data", "data/dataset.npz", "--histories", "history/numpy.csv", "history/torch.csv",
+              "--models", "models/numpy.json", "models/torch.json", "--metrics", "metrics.json", "--plot", "plots/curves.png",
+              "--published", "published.json", "--runs", "runs.json"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """Finished outputs of the lesson's params (shared: tests copy it before changing anything)."""
+    return build_workspace(tmp_path_factory.mktemp("workspace") / "ws")
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _bad_row(path: Path) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    lines[3] = "3,0.7,not-a-number\n"
+    path.write_text("".join(lines))
+
+
+def _nan_row(path: Path) -> None:
+    path.write_text(path.read_text().replace("\n2,", "\n2,nan,1.0\n3,", 1))
+
+
+def _not_json(path: Path) -> None:
+    path.write_text('{"numpy": {"w": 2.0,')
+
+
+def _nan_json(path: Path) -> None:
+    import re
+
+    text, count = re.subn(r'"w": [-0-9.e]+', '"w": NaN', path.read_text())
+    assert count == 1
+    path.write_text(text)
+
+
+def _nan_data(path: Path) -> None:
+    from gdpipe import data
+
+    dataset = data.load(path)
+    x = dataset.x.copy()
+    x[1] = np.nan
+    data.save(data.Dataset(x=x, y=dataset.y), path)
+
+
+def _track(argv):
+    import track
+
+    return track.main(argv)
+
+
+def _summary(argv):
+    from gdpipe import summary
+
+    return summary.main(argv)
+
+
+CORRUPT_INPUTS = [
+    # (stage, its arguments, the input spoiled, how, what the line says, the outputs that must stay as they were)
+    ("train", TRAIN_ARGS, "data/dataset.npz", _truncate, "not a readable data set", ["history/numpy.csv", "models/numpy.json"]),
+    ("train", TRAIN_ARGS, "data/dataset.npz", _nan_data, "must be finite", ["history/numpy.csv", "models/numpy.json"]),
+    ("evaluate", EVALUATE_ARGS, "data/dataset.npz", os.unlink, "no such file", ["metrics.json"]),
+    ("evaluate", EVALUATE_ARGS, "history/torch.csv", _bad_row, "line 4: expected epoch,w,loss as numbers", ["metrics.json"]),
+    ("evaluate", EVALUATE_ARGS, "history/numpy.csv", _nan_row, "line 3: epochs must increase from 1 and w, loss be finite", ["metrics.json"]),
+    ("evaluate", EVALUATE_ARGS, "models/torch.json", _not_json, "not valid JSON", ["metrics.json"]),
+    ("evaluate", EVALUATE_ARGS, "models/numpy.json", _nan_json, "not valid JSON (NaN is not a number gdpipe accepts)", ["metrics.json"]),
+    ("plot", PLOT_ARGS, "history/torch.csv", _truncate, "", ["plots/curves.png"]),
+    ("track", TRACK_ARGS, "metrics.json", _not_json, "not valid JSON", []),
+    ("track", TRACK_ARGS, "history/numpy.csv", _bad_row, "line 4", []),
+    ("summary", ["metrics.json"], "metrics.json", _not_json, "not valid JSON", []),
+]
+
+
+@pytest.mark.parametrize(("stage", "argv", "spoiled", "spoil", "message", "kept"), CORRUPT_INPUTS,
+                         ids=[f"{case[0]}-{case[2]}-{case[3].__name__}" for case in CORRUPT_INPUTS])
+def test_a_corrupt_input_between_stages_is_one_line_naming_the_file(workspace, tmp_path, monkeypatch, stage, argv, spoiled, spoil, message, kept):
+    import shutil
+
+    import plot
+
+    folder = tmp_path / "ws"
+    shutil.copytree(workspace, folder)
+    before = {name: (folder / name).read_bytes() for name in kept}
+    spoil(folder / spoiled)
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    main = {"train": train.main, "evaluate": evaluate.main, "plot": plot.main, "track": _track, "summary": _summary}[stage]
+    code, stderr = run_stage(main, argv)
+    assert code == 2
+    assert_one_error_line(stderr, f"gdpipe: error: {spoiled}: ", message)
+    assert {name: (folder / name).read_bytes() for name in kept} == before, "an earlier result was lost"
+    assert not (folder / "published.json").exists() and not (folder / "runs.json").exists() and not (tmp_path / "store").exists()
+    assert not [path for path in folder.rglob("*") if path.name.endswith(".tmp")]
+
+
+@publishes_in_process
+@pytest.mark.parametrize("lr", [0.5, 1e38], ids=["after-some-epochs", "in-the-first-epoch"])
+def test_a_diverged_run_is_reported_as_diverged_never_as_numbers(tmp_path, monkeypatch, lr):
+    """metrics.json, the summary and MLflow say `diverged`; no NaN or infinity is published as a result."""
+    from mlflow import MlflowClient
+
+    from gdpipe.summary import format_summary
+
+    folder = build_workspace(tmp_path / "ws", {"train.lr": lr})
+    metrics = _strict_json(folder / "metrics.json")
+    for variant in ("numpy", "torch"):
+        assert metrics[variant]["diverged"] is True and metrics[variant]["diverged_at_epoch"] >= 1
+        assert not {"w", "loss", "prediction", "abs_error"} & set(metrics[variant])
+        assert f"{variant:<8} diverged at epoch {metrics[variant]['diverged_at_epoch']}" in format_summary(metrics)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, stderr = run_stage(_track, TRACK_ARGS)
+    assert code == 0, stderr
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("gradient-descent").experiment_id])
+    assert sorted(run.data.tags["variant"] for run in runs) == ["numpy", "torch"]
+    for run in runs:
+        variant = run.data.tags["variant"]
+        assert run.info.status == "FINISHED" and run.data.tags["gdpipe.status"] == "diverged"
+        assert run.data.tags["gdpipe.diverged_at_epoch"] == str(metrics[variant]["diverged_at_epoch"])
+        assert "prediction" not in run.data.metrics and "abs_error" not in run.data.metrics
+        points = [point for key in ("w", "loss") for point in client.get_metric_history(run.info.run_id, key)]
+        assert all(math.isfinite(point.value) and point.step < metrics[variant]["diverged_at_epoch"] for point in points)
+        assert all(math.isfinite(value) for value in run.data.metrics.values())
