@@ -411,3 +411,52 @@ def test_a_diverged_run_is_reported_as_diverged_never_as_numbers(tmp_path, monke
         points = [point for key in ("w", "loss") for point in client.get_metric_history(run.info.run_id, key)]
         assert all(math.isfinite(point.value) and point.step < metrics[variant]["diverged_at_epoch"] for point in points)
         assert all(math.isfinite(value) for value in run.data.metrics.values())
+
+
+# --- Determinism -----------------------------------------------------------------------------
+
+SUMS_SCRIPT = """
+import numpy as np
+from gdpipe import linear
+rng = np.random.default_rng(7)
+n = 3 * linear.CHUNK + 17
+x = rng.uniform(-1, 1, n).astype(np.float32)
+y = (2 * x + rng.normal(0, 0.3, n)).astype(np.float32)
+print(*(float(v).hex() for v in (*linear.residual_sums(np.float32(1.37), x, y), linear.dot64(x, y), linear.dot64(x, x))))
+"""
+# Other kernels than the one this machine picks: OpenBLAS's SSE3 baseline, NumPy without its AVX loops.
+KERNELS = [{}, {"OPENBLAS_CORETYPE": "Prescott"}, {"NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR AVX2 FMA3"}]
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the kernels named are x86-64's")
+def test_sums_over_the_data_do_not_depend_on_the_kernel_the_machine_picks():
+    """Σr², Σxr, Σxy and Σx² are bit-identical whichever BLAS or SIMD kernel runs (each in its own process)."""
+    import subprocess
+
+    results = set()
+    for kernel in KERNELS:
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")}
+        done = subprocess.run([sys.executable, "-c", SUMS_SCRIPT], env=env | kernel | {"PYTHONPATH": str(REPO / "src")},
+                              capture_output=True, text=True, check=True)
+        results.add(done.stdout)
+    assert len(results) == 1, results
+
+
+def test_sums_over_the_data_are_float64_accurate_where_float32_accumulation_is_not():
+    """Against math.fsum (exact, then rounded once): float64 pairwise sums are off by rounding, a float32 running sum is not close."""
+    from gdpipe import linear
+
+    rng = np.random.default_rng(3)
+    n = 5 * linear.CHUNK + 3
+    x = rng.uniform(0, 3, n).astype(np.float32)
+    y = (2 * x + rng.normal(0, 1, n)).astype(np.float32)
+    w = np.float32(1.9)
+    r = (w * x - y).astype(np.float64)
+    exact = {"rr": math.fsum((r * r).tolist()), "xr": math.fsum((x * r).tolist()), "xy": math.fsum((x.astype(np.float64) * y).tolist())}
+    scale = {"rr": exact["rr"], "xr": math.fsum(np.abs(x * r).tolist()), "xy": math.fsum(np.abs(x.astype(np.float64) * y).tolist())}
+    sum_rr, sum_xr = linear.residual_sums(w, x, y)
+    ours = {"rr": sum_rr, "xr": sum_xr, "xy": linear.dot64(x, y)}
+    for key in exact:
+        assert abs(ours[key] - exact[key]) <= 1e-14 * scale[key], key
+    float32_running = float(np.cumsum((x * y).astype(np.float32), dtype=np.float32)[-1])
+    assert abs(float32_running - exact["xy"]) > 1e-6 * scale["xy"]  # the size at which float32 visibly differs
