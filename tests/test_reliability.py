@@ -460,3 +460,130 @@ def test_sums_over_the_data_are_float64_accurate_where_float32_accumulation_is_n
         assert abs(ours[key] - exact[key]) <= 1e-14 * scale[key], key
     float32_running = float(np.cumsum((x * y).astype(np.float32), dtype=np.float32)[-1])
     assert abs(float32_running - exact["xy"]) > 1e-6 * scale["xy"]  # the size at which float32 visibly differs
+
+
+# --- Interruptions ---------------------------------------------------------------------------
+
+def src_env(**extra: str) -> dict[str, str]:
+    """A child process's environment that imports this checkout's src/ (never another checkout's install)."""
+    from conftest import child_env
+
+    return child_env(**({"PYTHONPATH": str(REPO / "src")} | extra))
+
+
+def test_a_failed_or_interrupted_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    from gdpipe.files import atomic_write
+
+    target = tmp_path / "metrics.json"
+    target.write_text("old\n")
+    for error in (OSError("No space left on device"), KeyboardInterrupt()):
+        with pytest.raises(type(error)), atomic_write(target) as handle:
+            handle.write("new, half of it")
+            raise error
+        assert target.read_text() == "old\n" and files_under(tmp_path) == [target]
+
+
+KILLED_WRITER = """
+import sys, time
+from gdpipe.files import atomic_write
+with atomic_write(sys.argv[1]) as handle:
+    handle.write("new, half of it")
+    handle.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_the_old_file_and_the_next_write_removes_its_leftover(tmp_path):
+    import signal
+    import subprocess
+
+    from gdpipe.files import write_json
+
+    target = tmp_path / "metrics.json"
+    target.write_text("old\n")
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True, env=src_env())
+    assert writer.stdout.readline() == "writing\n"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    writer.stdout.close()
+    assert target.read_text() == "old\n"
+    (leftover,) = (path for path in files_under(tmp_path) if path != target)  # SIGKILL leaves no chance to clean up
+    assert leftover.name.startswith(f".metrics.json.{writer.pid}.")
+    ignored = subprocess.run(["git", "check-ignore", "-q", f"history/{leftover.name}"], cwd=REPO)
+    assert ignored.returncode == 0, "git would show a killed writer's temporary file"
+    live = tmp_path / f".metrics.json.{os.getpid()}.abc.tmp"  # a writer that is still running keeps its file
+    live.write_text("busy")
+    write_json(target, {"w": 2.0})
+    assert json.loads(target.read_text()) == {"w": 2.0}
+    assert files_under(tmp_path) == sorted([target, live])
+
+
+# A test hook, installed as sitecustomize in the child: it touches a file when training starts, so
+# a signal can be sent while the process is certainly inside training.
+TRAINING_STARTED_HOOK = '''
+import os
+from pathlib import Path
+
+if os.environ.get("GDPIPE_TEST_TRAINING_STARTED"):
+    from gdpipe import training
+
+    _trainer_for = training.trainer_for
+
+    def _announcing_trainer_for(variant):
+        train = _trainer_for(variant)
+
+        def announced(*args, **kwargs):
+            Path(os.environ["GDPIPE_TEST_TRAINING_STARTED"]).touch()
+            return train(*args, **kwargs)
+
+        return announced
+
+    training.trainer_for = _announcing_trainer_for
+'''
+
+
+def wait_for(condition, process, seconds: float = 60, what: str = "") -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, f"the process ended ({process.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_sigint_sigterm_and_sigkill_during_training_keep_the_previous_outputs(workspace, tmp_path):
+    """Ctrl-C and kill exit 130 and 143 with one line; SIGKILL too leaves the previous history and model, and no temporary file."""
+    import shutil
+    import signal
+    import subprocess
+
+    from conftest import with_overrides, write_yaml
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(TRAINING_STARTED_HOOK)
+    cases = {"SIGINT": ("numpy", signal.SIGINT, 130), "SIGTERM": ("torch", signal.SIGTERM, 143), "SIGKILL": ("numpy", signal.SIGKILL, -9)}
+    running = {}
+    for name, (variant, _, _) in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(workspace, folder)
+        write_yaml(folder / "params.yaml", with_overrides(load_default_params(), {"train.epochs": 3_000_000}))  # about a minute
+        outputs = [f"history/{variant}.csv", f"history/{variant}.timing.json", f"models/{variant}.json"]
+        before = {output: (folder / output).read_bytes() for output in outputs}
+        argv = [sys.executable, str(REPO / "stages" / "train.py"), *TRAIN_ARGS]
+        argv[argv.index("numpy")] = variant
+        env = src_env(PYTHONPATH=f"{hook}{os.pathsep}{REPO / 'src'}", GDPIPE_TEST_TRAINING_STARTED=str(folder / "started"))
+        process = subprocess.Popen(argv, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        running[name] = (folder, process, before)
+    for name, (folder, process, before) in running.items():
+        wait_for((folder / "started").exists, process, what="training started")
+        process.send_signal(cases[name][1])
+    for name, (folder, process, before) in running.items():
+        stdout, stderr = process.communicate(timeout=60)
+        assert process.returncode == cases[name][2], (name, stderr)
+        if name != "SIGKILL":
+            assert stderr == f"gdpipe: {'interrupted' if name == 'SIGINT' else 'terminated'} ({name}); no output was half-written\n"
+        assert {output: (folder / output).read_bytes() for output in before} == before, f"{name}: an earlier result was lost"
+        assert not [path.name for path in folder.rglob("*") if path.name.endswith(".tmp")], name
