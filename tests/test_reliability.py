@@ -587,3 +587,60 @@ def test_sigint_sigterm_and_sigkill_during_training_keep_the_previous_outputs(wo
             assert stderr == f"gdpipe: {'interrupted' if name == 'SIGINT' else 'terminated'} ({name}); no output was half-written\n"
         assert {output: (folder / output).read_bytes() for output in before} == before, f"{name}: an earlier result was lost"
         assert not [path.name for path in folder.rglob("*") if path.name.endswith(".tmp")], name
+
+
+OUTPUTS = ["data/dataset.npz", "history/numpy.csv", "history/torch.csv", "models/numpy.json", "models/torch.json", "metrics.json",
+           "plots/curves.png", "published.json"]
+
+
+def hashes(repo: Path, names=OUTPUTS) -> dict[str, str]:
+    import hashlib
+
+    return {name: hashlib.sha256((repo / name).read_bytes()).hexdigest() for name in names}
+
+
+def test_ctrl_c_during_dvc_repro_leaves_no_partial_output_and_the_next_repro_gives_the_same_metrics(reproduced_repo, own_reproduced_repo):
+    """Ctrl-C (SIGINT to dvc and its stage) in the middle of training; then the next `dvc repro` completes with the same results."""
+    import signal
+    import subprocess
+
+    from conftest import VENV_BIN, child_env, dvc
+
+    repo = own_reproduced_repo
+    (repo / "src" / "sitecustomize.py").write_text(TRAINING_STARTED_HOOK)  # stage commands run with PYTHONPATH=src
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params.replace("  epochs: 100\n", "  epochs: 3000000\n"))
+    started = repo / "started"
+    process = subprocess.Popen([str(VENV_BIN / "dvc"), "repro"], cwd=repo, env=child_env(GDPIPE_TEST_TRAINING_STARTED=str(started)),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(started.exists, process, what="training started")
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode != 0
+    assert stderr.count("gdpipe: interrupted (SIGINT); no output was half-written\n") == 1 and "Traceback" not in stdout + stderr, stderr
+    assert not (repo / "history" / "numpy.csv").exists()  # DVC removed the stage's outputs before running it; none is half-written
+    assert not [path for path in repo.rglob("*.tmp") if ".dvc" not in path.parts]
+    (repo / "params.yaml").write_text(params)
+    (repo / "src" / "sitecustomize.py").unlink()
+    dvc(repo, "repro")  # DVC restores train@numpy from its run cache: that result was complete
+    assert hashes(repo) == hashes(reproduced_repo)
+    assert (repo / "dvc.lock").read_text() == (reproduced_repo / "dvc.lock").read_text()
+
+
+def test_same_params_give_byte_identical_outputs_on_a_forced_rerun(reproduced_repo, own_reproduced_repo):
+    """`dvc repro -f` reruns every stage, in another folder: data, histories, models, metrics, plot and fingerprints are
+    the same bytes; only the training times (kept beside the histories for MLflow, out of DVC and git) differ."""
+    from conftest import dvc, stages_run
+
+    repo = own_reproduced_repo
+    times = [f"history/{variant}.timing.json" for variant in ("numpy", "torch")]
+    first_times = hashes(repo, times)
+    done = dvc(repo, "repro", "--force")
+    assert stages_run(done.stdout) == {"validate", "generate", "train@numpy", "train@torch", "evaluate", "plot", "track"}
+    assert hashes(repo) == hashes(reproduced_repo)
+    assert hashes(repo, times) != first_times  # the times did change: they are not part of any hashed output
