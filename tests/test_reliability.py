@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -644,3 +645,132 @@ def test_same_params_give_byte_identical_outputs_on_a_forced_rerun(reproduced_re
     assert stages_run(done.stdout) == {"validate", "generate", "train@numpy", "train@torch", "evaluate", "plot", "track"}
     assert hashes(repo) == hashes(reproduced_repo)
     assert hashes(repo, times) != first_times  # the times did change: they are not part of any hashed output
+
+
+def runs_in_store(db: Path) -> list[tuple[str, str]]:
+    """(run id, status) of every run in a sqlite store, read directly (nothing when the store is not made yet)."""
+    import sqlite3
+
+    if not db.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)) as connection:
+            return connection.execute("SELECT run_uuid, status FROM runs").fetchall()
+    except sqlite3.OperationalError:  # the tables are being created, or a writer holds the lock
+        return []
+
+
+@pytest.fixture(scope="module")
+def long_workspace(tmp_path_factory) -> Path:
+    """Outputs with many epochs logged: publishing each run's history takes about a second."""
+    return build_workspace(tmp_path_factory.mktemp("long") / "ws", {"train.epochs": EPOCHS_LONG})
+
+
+EPOCHS_LONG = 2000
+
+
+@publishes_in_process
+def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_publish_completes(long_workspace, tmp_path, monkeypatch):
+    """Ctrl-C (twice, impatiently) or kill while a run is being logged: one line, exit 130/143, the run KILLED, nothing written;
+    publishing again makes complete runs."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from mlflow import MlflowClient
+
+    cases = {"SIGINT": ([signal.SIGINT, signal.SIGINT], 130, "interrupted"), "SIGTERM": ([signal.SIGTERM], 143, "terminated")}
+    running = {}
+    for name in cases:
+        folder = tmp_path / name
+        shutil.copytree(long_workspace, folder)
+        db = tmp_path / f"{name}-store" / "mlflow.db"
+        process = subprocess.Popen([sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS], cwd=folder,
+                                   env=src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        running[name] = (folder, db, process)
+    for name, (folder, db, process) in running.items():
+        wait_for(lambda db=db: any(status == "RUNNING" for _, status in runs_in_store(db)), process, what="a run was created")
+        for signum in cases[name][0]:
+            process.send_signal(signum)
+            time.sleep(0.05)
+    for name, (folder, db, process) in running.items():
+        stdout, stderr = process.communicate(timeout=60)
+        signals, code, word = cases[name]
+        runs = dict(runs_in_store(db))
+        killed = [run_id for run_id, status in runs.items() if status == "KILLED"]
+        if len(killed) != 1:
+            Path("/tmp/pub_stderr.txt").write_text(stderr)
+        assert len(killed) == 1, (name, runs, process.returncode, stderr[-6000:])
+        killed = killed[0]
+        assert process.returncode == code and set(runs.values()) <= {"KILLED", "FINISHED"}, (runs, stderr)  # never RUNNING
+        assert re.fullmatch(rf"gdpipe: {word} \({name}\); (numpy|torch) run {killed} marked KILLED; no output was half-written\n", stderr), stderr
+        assert not (folder / "published.json").exists() and not (folder / "runs.json").exists()
+        assert not [path for path in folder.rglob("*.tmp")]
+    folder, db, _ = running["SIGTERM"]
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    code, stderr = run_stage(_track, TRACK_ARGS)
+    assert code == 0, stderr
+    published = json.loads((folder / "runs.json").read_text())
+    client = MlflowClient(f"sqlite:///{db}")
+    assert dict(runs_in_store(db)) == {killed: "KILLED"} | {run["run_id"]: "FINISHED" for run in published.values()}
+    for run in published.values():
+        assert len(client.get_metric_history(run["run_id"], "loss")) == EPOCHS_LONG
+
+
+# --- Concurrency -----------------------------------------------------------------------------
+
+PUBLISHER = """
+import json, sys, time
+from pathlib import Path
+from gdpipe import config, data, tracking
+from gdpipe.files import read_json
+from gdpipe.record import build_record
+
+workspace, uri, go, lrs = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), [float(lr) for lr in sys.argv[4:]]
+params = config.load(workspace / "params.yaml")
+metrics = read_json(workspace / "metrics.json")
+dataset = data.load(workspace / "data/dataset.npz")
+while not go.exists():  # both workers start publishing at the same moment, on a store that does not exist yet
+    time.sleep(0.005)
+for lr in lrs:
+    variant_params = params.model_copy(update={"train": params.train.model_copy(update={"lr": lr})})
+    records = [build_record(variant_params, metrics, workspace / "data/dataset.npz", workspace / f"history/{v}.csv",
+                            workspace / f"models/{v}.json", workspace / "metrics.json", (workspace / "plots/curves.png",), {})
+               for v in ("numpy", "torch")]
+    published = tracking.publish(records, dataset, "gradient-descent", uri)
+    print(json.dumps({v: [run["run_id"], run["created"]] for v, run in published.items()}), flush=True)
+"""
+
+
+def test_parallel_publishers_on_one_fresh_store_lose_nothing_and_never_duplicate_a_result(workspace, tmp_path):
+    """Two processes (like two `dvc exp` workers) publish 2 results of 2 runs each at once, one result in common."""
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    go = tmp_path / "go"
+    lrs = {"a": ["0.01", "0.011"], "b": ["0.01", "0.021"]}  # 0.01: the same result in both
+    workers = {name: subprocess.Popen([sys.executable, "-c", PUBLISHER, str(workspace), uri, str(go), *values], env=src_env(),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, values in lrs.items()}
+    go.touch()
+    outputs = {}
+    for name, worker in workers.items():
+        stdout, stderr = worker.communicate(timeout=120)
+        assert worker.returncode == 0 and stderr == "", stderr
+        outputs[name] = [json.loads(line) for line in stdout.splitlines()]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("gradient-descent").experiment_id], max_results=100)
+    assert len(runs) == 6 and all(run.info.status == "FINISHED" for run in runs)  # 3 learning rates x 2 variants
+    assert len({run.data.tags["gdpipe.fingerprint"] for run in runs}) == 6
+    reported = {run_id for output in outputs.values() for published in output for run_id, _ in published.values()}
+    assert reported == {run.info.run_id for run in runs}
+    shared = [outputs["a"][0][v] for v in ("numpy", "torch")], [outputs["b"][0][v] for v in ("numpy", "torch")]
+    assert [run_id for run_id, _ in shared[0]] == [run_id for run_id, _ in shared[1]]  # one run for the common result
+    assert sorted(created for pair in shared for _, created in pair) == [False, False, True, True]
+    for run in runs:
+        assert [point.step for point in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 101))
+        assert run.data.params["train.lr"] in {lr for values in lrs.values() for lr in values}
+        assert {artifact.path for artifact in client.list_artifacts(run.info.run_id)} == {f"{run.data.tags['variant']}.csv", "metrics.json", "curves.png"}

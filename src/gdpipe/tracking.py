@@ -24,10 +24,9 @@ for _key, _value in {
 import contextlib  # noqa: E402
 import fcntl  # noqa: E402
 import logging  # noqa: E402
-import sys  # noqa: E402
 from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
-from urllib.parse import urlsplit, urlunsplit  # noqa: E402
+from urllib.parse import unquote, urlsplit, urlunsplit  # noqa: E402
 
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
@@ -37,7 +36,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 
 from gdpipe import progress  # noqa: E402
 from gdpipe.data import Dataset  # noqa: E402
-from gdpipe.errors import InputError, Terminated  # noqa: E402
+from gdpipe.errors import InputError, Terminated, signals_held  # noqa: E402
 from gdpipe.record import RunRecord, now_ms  # noqa: E402
 
 # MLflow and its migrations log at INFO on stderr (table creation, migrations): keep stderr for what matters.
@@ -96,52 +95,91 @@ def store_lock(uri: str) -> Iterator[None]:
 def publish(records: Sequence[RunRecord], dataset: Dataset, experiment: str, uri: str) -> dict[str, dict]:
     """Find or create each record's run; return variant -> {run_id, experiment_id, tracking_uri, created}."""
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
     published = {}
     with store_lock(uri):
-        experiment_id = _experiment_id(client, experiment, uri)
+        client, experiment_id = _open(experiment, uri)
         for record in records:
-            run_id, created = _find_or_create_run(client, experiment_id, record, dataset)
+            try:
+                run_id, created = _find_or_create_run(client, experiment_id, record, dataset, uri)
+            except (MlflowException, OSError) as err:  # the store went away or refused mid-way: one line, no traceback
+                raise InputError(
+                    f"MLflow tracking store {redact(uri)} failed while publishing {record.variant}: {_first_line(err, uri)}{_notes(err)}"
+                ) from None
             published[record.variant] = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": redact(uri), "created": created}
     return published
 
 
-def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """The experiment's id, created on first use with its artifacts inside the store (not the working directory)."""
+def _open(name: str, uri: str) -> tuple[MlflowClient, str]:
+    """A client of the store and the experiment's id, created on first use with its artifacts inside the store.
+
+    Called under `store_lock`: making the client makes a sqlite store's tables the first time, and
+    two processes doing that at once break it ("duplicate column name").
+    """
     try:
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
-            return client.create_experiment(name, artifact_location=location)
-        if found.lifecycle_stage == "deleted":
-            client.restore_experiment(found.experiment_id)
-        return found.experiment_id
+        with _uninterrupted(uri):
+            client = MlflowClient(uri)
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
+                return client, client.create_experiment(name, artifact_location=location)
+            if found.lifecycle_stage == "deleted":
+                client.restore_experiment(found.experiment_id)
+            return client, found.experiment_id
     except (MlflowException, OSError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"MLflow tracking store {redact(uri)} did not answer: {first_line[:300]}") from None
+        raise InputError(f"MLflow tracking store {redact(uri)} did not answer: {_first_line(err, uri)}") from None
 
 
-def _find_or_create_run(client: MlflowClient, experiment_id: str, record: RunRecord, dataset: Dataset) -> tuple[str, bool]:
-    """The FINISHED run with this fingerprint if there is one, else a new, complete run."""
-    existing = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{FINGERPRINT_TAG}` = '{record.fingerprint}' and attributes.status = 'FINISHED'",
-        max_results=1,
-    )
+def _uninterrupted(uri: str) -> contextlib.AbstractContextManager:
+    """Hold Ctrl-C and kill during one call to a sqlite store: interrupted inside its transaction, the
+    database stays locked and the run could not be marked KILLED. A server needs no such care."""
+    return signals_held() if uri.startswith("sqlite:") else contextlib.nullcontext()
+
+
+def _first_line(err: BaseException, uri: str) -> str:
+    """The first line of an error, fit to print: MLflow's messages repeat the URI, password included."""
+    text = str(err).strip()
+    line = (text.splitlines()[0] if text else type(err).__name__).replace(uri, redact(uri))
+    password = urlsplit(uri).password
+    for secret in (password, password and unquote(password), os.environ.get("MLFLOW_TRACKING_PASSWORD"), os.environ.get("MLFLOW_TRACKING_TOKEN")):
+        if secret:
+            line = line.replace(secret, "***")
+    return line[:300]
+
+
+def _notes(err: BaseException) -> str:
+    return "".join(f"; {note}" for note in getattr(err, "__notes__", ()))
+
+
+def _find_or_create_run(client: MlflowClient, experiment_id: str, record: RunRecord, dataset: Dataset, uri: str) -> tuple[str, bool]:
+    """The FINISHED run with this fingerprint if there is one, else a new, complete run.
+
+    Every call to a sqlite store holds Ctrl-C and kill until it is done (`_uninterrupted`), so an
+    interruption lands between calls, never inside a transaction, and the run can be marked KILLED.
+    """
+    with _uninterrupted(uri):
+        existing = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{FINGERPRINT_TAG}` = '{record.fingerprint}' and attributes.status = 'FINISHED'",
+            max_results=1,
+        )
     if existing:
         return existing[0].info.run_id, False
-    run = client.create_run(
-        experiment_id, start_time=record.started_ms or now_ms(), tags=record.tags | {FINGERPRINT_TAG: record.fingerprint}, run_name=record.name
-    )
-    run_id = run.info.run_id
+    run_id = None
     try:
-        client.log_batch(run_id, params=[Param(key, str(value)) for key, value in record.params.items()])
-        log_metrics(client, run_id, record)
-        client.log_inputs(run_id, [_dataset_input(record, dataset)])
+        with _uninterrupted(uri):
+            run_id = client.create_run(
+                experiment_id, start_time=record.started_ms or now_ms(), tags=record.tags | {FINGERPRINT_TAG: record.fingerprint}, run_name=record.name
+            ).info.run_id
+        with _uninterrupted(uri):
+            client.log_batch(run_id, params=[Param(key, str(value)) for key, value in record.params.items()])
+        log_metrics(client, run_id, record, uri)
+        with _uninterrupted(uri):
+            client.log_inputs(run_id, [_dataset_input(record, dataset)])
         for path in record.artifacts:
-            client.log_artifact(run_id, str(path))
+            with _uninterrupted(uri):
+                client.log_artifact(run_id, str(path))
         if record.has_model:
-            with mlflow.start_run(run_id=run_id), _no_requirement_scan():
+            with _uninterrupted(uri), mlflow.start_run(run_id=run_id), _no_requirement_scan():
                 mlflow.pyfunc.log_model(
                     name="model",
                     python_model=str(MODEL_CODE),
@@ -149,26 +187,36 @@ def _find_or_create_run(client: MlflowClient, experiment_id: str, record: RunRec
                     # Explicit: inferring requirements costs seconds and would capture the whole venv.
                     pip_requirements=[f"mlflow=={mlflow.__version__}"],
                 )
-        client.set_terminated(run_id, "FINISHED", end_time=record.finished_ms or now_ms())
+        with _uninterrupted(uri):
+            client.set_terminated(run_id, "FINISHED", end_time=record.finished_ms or now_ms())
     except BaseException as err:
-        interrupted = isinstance(err, KeyboardInterrupt | Terminated)
-        status = "KILLED" if interrupted else "FAILED"
-        with contextlib.suppress(Exception):
-            client.set_terminated(run_id, status)
-        reason = type(err).__name__ if interrupted else f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-        print(f"gdpipe: {record.variant} run {run_id} marked {status}: {reason}", file=sys.stderr)
+        if run_id is None:
+            raise
+        # A run is never left RUNNING: Ctrl-C or kill marks it KILLED, any other failure FAILED. The note
+        # says which, and becomes part of the one line the stage prints (or of the traceback of a bug).
+        status = "KILLED" if isinstance(err, KeyboardInterrupt | Terminated) else "FAILED"
+        try:
+            with _uninterrupted(uri):
+                client.set_terminated(run_id, status)
+            err.add_note(f"{record.variant} run {run_id} marked {status}")
+        except Exception as status_err:
+            err.add_note(f"{record.variant} run {run_id} could not be marked {status} and stays RUNNING ({_first_line(status_err, uri)})")
         raise
     return run_id, True
 
 
-def log_metrics(client: MlflowClient, run_id: str, record: RunRecord) -> None:
-    """Log the record's metrics in batches of MLflow's maximum size, with a progress bar on a terminal."""
+def log_metrics(client: MlflowClient, run_id: str, record: RunRecord, uri: str = "") -> None:
+    """Log the record's metrics in batches of MLflow's maximum size, with a progress bar on a terminal.
+
+    Given the store's `uri`, a sqlite store's batch is never cut by Ctrl-C: it waits for one batch at most.
+    """
     metrics = _metrics(record)
     bar = progress.bar(len(metrics), f"publish {record.variant}", "metric")
     try:
         for start in range(0, len(metrics), METRICS_PER_BATCH):
             batch = metrics[start : start + METRICS_PER_BATCH]
-            client.log_batch(run_id, metrics=batch)
+            with _uninterrupted(uri):
+                client.log_batch(run_id, metrics=batch)
             bar.update(len(batch))
     finally:
         bar.close()
