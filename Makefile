@@ -14,6 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
 STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
+UI_HOST ?= 127.0.0.1
 UI_PORT ?= 5000
 SWEEP_LRS ?= 0.001 0.01 0.1
 
@@ -47,10 +48,11 @@ check: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-# The MLflow UI for this project's store, on this machine only. One worker: multi-worker servers
-# are known to stall on slow connections.
+# The MLflow UI for this project's store, on this machine only (UI_HOST=0.0.0.0 shows it to the
+# network: a choice to make on purpose). One worker: multi-worker servers are known to stall on
+# slow connections.
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(UI_PORT) --workers 1
+	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host $(UI_HOST) --port $(UI_PORT) --workers 1
 
 # A learning-rate sweep as queued DVC experiments, two at a time; every run lands in mlruns/.
 sweep: $(STAMP)

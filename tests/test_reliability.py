@@ -774,3 +774,147 @@ def test_parallel_publishers_on_one_fresh_store_lose_nothing_and_never_duplicate
         assert [point.step for point in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 101))
         assert run.data.params["train.lr"] in {lr for values in lrs.values() for lr in values}
         assert {artifact.path for artifact in client.list_artifacts(run.info.run_id)} == {f"{run.data.tags['variant']}.csv", "metrics.json", "curves.png"}
+
+
+@publishes_in_process
+def test_a_store_that_fails_mid_publish_is_one_line_and_the_run_is_marked_failed(workspace, tmp_path, monkeypatch):
+    """The artifact folder cannot be made (a file is in the way): exit 2, one line naming the run marked FAILED."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    folder = tmp_path / "ws"
+    shutil.copytree(workspace, folder)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "in-the-way").write_text("a file where the artifact folder should be")
+    client = MlflowClient(uri)
+    client.create_experiment("gradient-descent", artifact_location=(tmp_path / "in-the-way" / "artifacts").as_uri())
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, stderr = run_stage(_track, TRACK_ARGS)
+    assert code == 2
+    ((run_id, status),) = runs_in_store(tmp_path / "store" / "mlflow.db")
+    assert status == "FAILED"
+    assert_one_error_line(stderr, f"gdpipe: error: MLflow tracking store {uri} failed while publishing numpy: ", f"; numpy run {run_id} marked FAILED\n")
+    assert not (folder / "published.json").exists() and not (folder / "runs.json").exists()
+
+
+# --- Security --------------------------------------------------------------------------------
+
+def test_a_yaml_tag_that_would_run_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    for tag in ("!!python/object/apply:os.system", "!!python/object/apply:subprocess.call", "!!python/object/new:os.system"):
+        params = tmp_path / "params.yaml"
+        params.write_text((REPO / "params.yaml").read_text().replace("experiment: gradient-descent", f"experiment: {tag} [touch {marker}]"))
+        code, stderr = run_stage(validate.main, ["--params", str(params)])
+        assert code == 2 and not marker.exists()
+        assert_one_error_line(stderr, str(params), "could not determine a constructor for the tag")
+
+
+def test_the_mlflow_ui_listens_on_localhost_unless_the_user_asks_otherwise():
+    """`make ui` (the only server gdpipe starts) binds 127.0.0.1; UI_HOST=0.0.0.0 is the user's explicit choice."""
+    import subprocess
+
+    def ui_command(*overrides: str) -> str:
+        done = subprocess.run(["make", "-n", "-o", ".venv/.installed", "ui", *overrides], cwd=REPO, capture_output=True, text=True, check=True)
+        return done.stdout
+
+    assert " --host 127.0.0.1 " in ui_command()
+    assert " --host 0.0.0.0 " in ui_command("UI_HOST=0.0.0.0")
+    sources = [REPO / "Makefile", *(REPO / "src" / "gdpipe").glob("*.py"), *(REPO / "stages").glob("*.py")]
+    starters = [path.name for path in sources if re.search(r"mlflow\W+(ui|server)\b|0\.0\.0\.0|host=", path.read_text())]
+    assert starters == ["Makefile"], starters  # no other place starts a server or binds every interface
+
+
+# A test hook, installed as sitecustomize: every attempt to reach the network is logged and refused.
+NO_NETWORK_HOOK = '''
+import os
+import socket
+
+def _refuse(what):
+    with open(os.environ["GDPIPE_TEST_NETWORK_LOG"], "a") as log:
+        log.write(repr(what)[:300] + "\\n")
+    raise OSError("this test forbids network access")
+
+def _guard(method):
+    def guarded(self, address, *args):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            _refuse((method.__name__, address))
+        return method(self, address, *args)
+    return guarded
+
+for _name in ("connect", "connect_ex", "sendto"):
+    setattr(socket.socket, _name, _guard(getattr(socket.socket, _name)))
+socket.getaddrinfo = lambda *args, **kwargs: _refuse(("getaddrinfo", args))
+'''
+
+
+@pytest.fixture(scope="module")
+def guarded_track_run(workspace, tmp_path_factory):
+    """The track stage on a fresh default store, with planted credentials in the environment and the network forbidden."""
+    import shutil
+    import subprocess
+    import uuid
+
+    root = tmp_path_factory.mktemp("guarded")
+    folder = root / "ws"
+    shutil.copytree(workspace, folder)
+    hook = root / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(NO_NETWORK_HOOK)
+    planted = {key: f"planted-{key.lower()}-{uuid.uuid4().hex}" for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")}
+    env = src_env(PYTHONPATH=f"{hook}{os.pathsep}{REPO / 'src'}", GDPIPE_TEST_NETWORK_LOG=str(root / "network.log"), **planted)
+    # gdpipe's own default must keep MLflow quiet: nothing that turns telemetry off by itself (CI, pytest).
+    for name in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS], cwd=folder, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return folder, done, planted, root / "network.log"
+
+
+def test_no_network_is_needed_with_the_default_store(guarded_track_run):
+    folder, done, _, network_log = guarded_track_run
+    assert (folder / "mlruns" / "mlflow.db").exists() and done.stdout.count("new run") == 2
+    assert not network_log.exists(), network_log.read_text()
+
+
+@publishes_in_process
+def test_planted_credentials_reach_no_param_tag_artifact_file_or_output(guarded_track_run, tmp_path):
+    """MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN: in no run's params, tags or artifacts, no file of the repo, no output."""
+    from mlflow import MlflowClient
+
+    folder, done, planted, _ = guarded_track_run
+    secrets = list(planted.values())
+    texts = {"stdout": done.stdout, "stderr": done.stderr}
+    uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    for run in client.search_runs([client.get_experiment_by_name("gradient-descent").experiment_id]):
+        texts[f"{run.info.run_id} params"] = json.dumps(run.data.params)
+        texts[f"{run.info.run_id} tags"] = json.dumps(run.data.tags)
+        downloaded = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id)))
+        texts |= {str(path): path.read_text(errors="replace") for path in files_under(downloaded)}
+    # Every file the stage could have written, byte for byte: runs.json, published.json, the store, its artifacts, logged models.
+    texts |= {str(path): path.read_bytes().decode("latin-1") for path in files_under(folder)}
+    assert len(texts) > 20
+    leaks = {name for name, text in texts.items() for secret in secrets if secret in text}
+    assert not leaks, leaks
+
+
+@publishes_in_process
+def test_a_password_in_the_tracking_uri_or_the_environment_is_never_printed(workspace, tmp_path, monkeypatch):
+    """MLflow's own error message repeats the URI with its password; gdpipe's line shows neither it nor a token."""
+    import shutil
+    import socket
+
+    folder = tmp_path / "ws"
+    shutil.copytree(workspace, folder)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once the probe is closed
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret-in-uri@127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "s3cret-token")
+    code, stderr = run_stage(_track, TRACK_ARGS)
+    assert code == 2
+    assert_one_error_line(stderr, f"MLflow tracking store http://127.0.0.1:{port} did not answer")
+    assert "s3cret" not in stderr and "alice" not in stderr, stderr

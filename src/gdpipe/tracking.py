@@ -23,6 +23,7 @@ for _key, _value in {
 
 import contextlib  # noqa: E402
 import fcntl  # noqa: E402
+import getpass  # noqa: E402
 import logging  # noqa: E402
 from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -186,6 +187,8 @@ def _find_or_create_run(client: MlflowClient, experiment_id: str, record: RunRec
                     artifacts={"trained_model": str(record.model_path)},
                     # Explicit: inferring requirements costs seconds and would capture the whole venv.
                     pip_requirements=[f"mlflow=={mlflow.__version__}"],
+                    # MLflow would tag the model with MLFLOW_TRACKING_USERNAME, a credential.
+                    tags={"mlflow.user": _local_user()},
                 )
         with _uninterrupted(uri):
             client.set_terminated(run_id, "FINISHED", end_time=record.finished_ms or now_ms())
@@ -241,6 +244,14 @@ def _no_requirement_scan() -> Iterator[None]:
         yield
     finally:
         environment.warn_dependency_requirement_mismatches = check
+
+
+def _local_user() -> str:
+    """Who ran this, as the computer knows them (what MLflow records when no credentials are set)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry, as in some containers
+        return "unknown"
 
 
 def _metrics(record: RunRecord) -> list[Metric]:
