@@ -590,6 +590,37 @@ def test_sigint_sigterm_and_sigkill_during_training_keep_the_previous_outputs(wo
         assert not [path.name for path in folder.rglob("*") if path.name.endswith(".tmp")], name
 
 
+DROPPED_SIGNAL = """
+import signal, sys, time, weakref
+from gdpipe.errors import run_main
+
+class Thing:
+    pass
+
+def main(argv):
+    def finalizer():
+        signal.raise_signal(signal.SIGINT if argv[0] == "SIGINT" else signal.SIGTERM)
+        sum(range(1000))  # the handler runs here, inside the finalizer, where Python drops exceptions
+    thing = Thing()
+    weakref.finalize(thing, finalizer)
+    del thing
+    time.sleep(10)
+    print("went on as if never interrupted")
+
+sys.exit(run_main(main, sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_that_arrives_in_a_finalizer_still_stops_the_command(name, code):
+    """Python prints and drops an exception raised in a finalizer or weakref callback (SQLAlchemy has many): run_main delivers it again."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", DROPPED_SIGNAL, name], env=src_env(), capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (code, ""), done.stderr
+    assert done.stderr == f"gdpipe: {'interrupted' if name == 'SIGINT' else 'terminated'} ({name}); no output was half-written\n"
+
+
 OUTPUTS = ["data/dataset.npz", "history/numpy.csv", "history/torch.csv", "models/numpy.json", "models/torch.json", "metrics.json",
            "plots/curves.png", "published.json"]
 

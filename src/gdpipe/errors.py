@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import signal
 import sys
@@ -45,7 +44,8 @@ def _redeliver(unraisable) -> None:
         signum = signal.SIGINT if isinstance(unraisable.exc_value, KeyboardInterrupt) else signal.SIGTERM
         for each in _armed:
             signal.signal(each, _interrupt)
-        again = threading.Timer(0.01, _thread.interrupt_main, (signum,))
+        # A real signal to the main thread: it also cuts short a blocking call such as sleep or a lock wait.
+        again = threading.Timer(0.01, signal.pthread_kill, (threading.main_thread().ident, signum))
         again.daemon = True
         again.start()
     else:
