@@ -59,10 +59,10 @@ def files_under(folder: Path) -> list[Path]:
 
 # --- Bad input: params.yaml ------------------------------------------------------------------
 
-SECTIONS = {name: sorted(model.model_fields) for name, model in ((s, config.Params.model_fields[s].annotation) for s in config.Params.model_fields)}
+SECTIONS = {name: sorted(field.annotation.model_fields) for name, field in config.Params.model_fields.items() if name != "thresholds"}
 LEAVES = [f"{section}.{key}" for section, keys in SECTIONS.items() for key in keys if key not in ("numpy", "torch")]
-LEAVES += ["train.numpy.gradient", "train.torch.device"]
-PATHS = sorted(SECTIONS) + LEAVES + ["train.numpy", "train.torch"]
+LEAVES += ["train.numpy.gradient", "train.torch.device", "thresholds.loss", "thresholds.loss.max", "thresholds.abs_error.max"]
+PATHS = [*config.Params.model_fields, *LEAVES, "train.numpy", "train.torch"]
 
 scalars = st.one_of(
     st.none(),
@@ -119,16 +119,25 @@ def malformed_params(draw):
     elif kind == "delete":
         _delete(document, path)
     else:
-        section = draw(st.sampled_from([None, *SECTIONS, "train.numpy", "train.torch"]))
+        section = draw(st.sampled_from([None, *config.Params.model_fields, "train.numpy", "train.torch", "thresholds.loss"]))
         name = draw(st.text(min_size=1, max_size=12) | st.integers() | st.sampled_from([None, True, 1.5]))
         parent = document
         for part in section.split(".") if section else []:
             parent = parent[part]
         if name in parent:
             return _dump(document), None
+        known = set(parent)
         parent[name] = draw(garbage)
+        text = _dump(document)
+        reloaded = YAML(typ="safe").load(text)  # YAML may read a key back otherwise ("\x85" is a line break)
+        for part in section.split(".") if section else []:
+            reloaded = reloaded[part]
+        (name,) = set(reloaded) - known or {None}
+        if name is None:
+            return text, None
         dotted = f"{section}.{name}" if section else str(name)
-        return _dump(document), repr(dotted)[1:-1] if isinstance(name, str) else repr(name)
+        named_alone = not isinstance(name, str) or section == "thresholds"  # a threshold's key is a metric name
+        return text, repr(name) if named_alone else repr(dotted)[1:-1]
     return _dump(document), path
 
 
@@ -147,6 +156,7 @@ def _dump(document: object) -> str:
 @example(((REPO / "params.yaml").read_text() + "1: 2\n", "1"))  # keys that are not strings
 @example(((REPO / "params.yaml").read_text() + "null: 2\n", "None"))
 @example(((REPO / "params.yaml").read_text().replace("lr: 0.01 ", f"lr: '{'y' * 100_000}' "), "train.lr"))  # a pasted blob
+@example(((REPO / "params.yaml").read_text().replace("  loss: {max", f"  {'z' * 1000}: {{max"), "thresholds"))  # YAML's longest plain key
 def test_malformed_params_load_or_fail_with_one_line_naming_the_key(case):
     """Any params.yaml either loads into a valid Params or exits 2 with one short line naming the key; nothing is written."""
     text, key = case
@@ -157,13 +167,14 @@ def test_malformed_params_load_or_fail_with_one_line_naming_the_key(case):
         if code == 0:
             assert stderr == ""
             params = config.load(path)
-            assert config.Params.model_validate(params.model_dump()) == params
+            assert config.Params.model_validate(params.model_dump(exclude_unset=True)) == params
             return
         assert code == 2
         assert_one_error_line(stderr, str(path))
         assert len(stderr) < 600, f"{len(stderr)} characters: {stderr[:300]}"
         if key is not None:
-            assert key[:40] in stderr, (key, stderr)
+            # The key itself, or its section when a rule about the whole section broke ("thresholds.loss: sets no bound").
+            assert key[:40] in stderr or f": {key.rpartition('.')[0]}: " in stderr, (key, stderr)
         out = Path(folder) / "out" / "dataset.npz"
         assert run_stage(generate.main, ["--params", str(path), "--out", str(out)]) == (code, stderr)
         assert files_under(Path(folder)) == [path]

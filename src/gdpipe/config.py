@@ -108,7 +108,7 @@ DEFAULT_BASELINE_REV = "HEAD"
 def _known_metric(name: str) -> str:
     if name not in METRICS:
         raise ValueError(
-            f"unknown metric {name!r}; allowed: {', '.join(VARIANT_METRICS)} (every variant), "
+            f"unknown metric {_short(repr(name))}; allowed: {', '.join(VARIANT_METRICS)} (every variant), "
             f"the same prefixed with {' or '.join(f'{variant}.' for variant in VARIANTS)} (one variant), {', '.join(PARITY_METRICS)}"
         )
     return name
@@ -206,7 +206,7 @@ def _describe(err: ValidationError) -> str:
         mapping = ".".join(str(part) for part in first["loc"][:-2])
         if first["type"] == "value_error":
             return f"{mapping}: {first['msg'].removeprefix('Value error, ')}{more}"
-        return f"{mapping}: key {first['input']!r}: {first['msg']}{more}"
+        return f"{mapping}: key {_short(repr(first['input']))}: {first['msg']}{more}"
     if first["type"] == "extra_forbidden":
         section = _model_at(Params, first["loc"][:-1])
         return f"unknown key {_short(repr(key))}; allowed here: {_allowed(section)}{more}"
