@@ -149,7 +149,7 @@ def _dump(document: object) -> str:
     return out.getvalue()
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(malformed_params())
 @example(("data: " + "[" * 5000 + "]" * 5000 + "\n", None))  # nested deeper than Python's recursion limit
 @example(((REPO / "params.yaml").read_text().replace("epochs: 100", "epochs: " + "9" * 5000), None))  # beyond int()'s digit limit
@@ -225,7 +225,7 @@ def _numbers_in(document) -> list:
     return [document] if isinstance(document, int | float) and not isinstance(document, bool) else []
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(numeric_params())
 @example({"train.w_init": 1e300})  # beyond float32: infinity before the first epoch
 @example({"data.true_w": 3e38, "data.n_samples": 4})  # y = true_w * x overflows float32
@@ -252,7 +252,8 @@ def test_numbers_from_anywhere_train_or_fail_cleanly_and_metrics_stay_finite(tmp
     for variant in ("numpy", "torch"):
         code, stderr = run_stage(train.main, ["--variant", variant, "--params", str(params), "--data", str(dataset),
                                               "--history", str(folder / f"{variant}.csv"), "--model", str(folder / f"{variant}.json")])
-        assert code == 0 and stderr in ("", *[s for s in [stderr] if s.startswith(f"gdpipe: warning: {variant} diverged at epoch ") and s.count("\n") == 1]), stderr
+        warned = stderr.startswith(f"gdpipe: warning: {variant} diverged at epoch ") and stderr.count("\n") == 1
+        assert code == 0 and (stderr == "" or warned), stderr
     metrics_path = folder / "metrics.json"
     code, stderr = run_stage(evaluate.main, ["--params", str(params), "--data", str(dataset), "--models", str(folder / "numpy.json"),
                                              str(folder / "torch.json"), "--histories", str(folder / "numpy.csv"), str(folder / "torch.csv"),
@@ -555,6 +556,17 @@ if os.environ.get("GDPIPE_TEST_TRAINING_STARTED"):
 '''
 
 
+@pytest.fixture
+def reaper():
+    """Processes a test starts; any still running when the test ends (it failed half-way) is killed."""
+    processes = []
+    yield processes.append
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def wait_for(condition, process, seconds: float = 60, what: str = "") -> None:
     import time
 
@@ -565,7 +577,7 @@ def wait_for(condition, process, seconds: float = 60, what: str = "") -> None:
         time.sleep(0.02)
 
 
-def test_sigint_sigterm_and_sigkill_during_training_keep_the_previous_outputs(workspace, tmp_path):
+def test_sigint_sigterm_and_sigkill_during_training_keep_the_previous_outputs(workspace, tmp_path, reaper):
     """Ctrl-C and kill exit 130 and 143 with one line; SIGKILL too leaves the previous history and model, and no temporary file."""
     import shutil
     import signal
@@ -588,6 +600,7 @@ def test_sigint_sigterm_and_sigkill_during_training_keep_the_previous_outputs(wo
         argv[argv.index("numpy")] = variant
         env = src_env(PYTHONPATH=f"{hook}{os.pathsep}{REPO / 'src'}", GDPIPE_TEST_TRAINING_STARTED=str(folder / "started"))
         process = subprocess.Popen(argv, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        reaper(process)
         running[name] = (folder, process, before)
     for name, (folder, process, before) in running.items():
         wait_for((folder / "started").exists, process, what="training started")
@@ -712,7 +725,7 @@ EPOCHS_LONG = 2000
 
 
 @publishes_in_process
-def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_publish_completes(long_workspace, tmp_path, monkeypatch):
+def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_publish_completes(long_workspace, tmp_path, monkeypatch, reaper):
     """Ctrl-C (twice, impatiently) or kill while a run is being logged: one line, exit 130/143, the run KILLED, nothing written;
     publishing again makes complete runs."""
     import shutil
@@ -730,6 +743,7 @@ def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_pu
         db = tmp_path / f"{name}-store" / "mlflow.db"
         process = subprocess.Popen([sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS], cwd=folder,
                                    env=src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        reaper(process)
         running[name] = (folder, db, process)
     for name, (folder, db, process) in running.items():
         wait_for(lambda db=db: any(status == "RUNNING" for _, status in runs_in_store(db)), process, what="a run was created")
@@ -741,8 +755,6 @@ def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_pu
         signals, code, word = cases[name]
         runs = dict(runs_in_store(db))
         killed = [run_id for run_id, status in runs.items() if status == "KILLED"]
-        if len(killed) != 1:
-            Path("/tmp/pub_stderr.txt").write_text(stderr)
         assert len(killed) == 1, (name, runs, process.returncode, stderr[-6000:])
         killed = killed[0]
         assert process.returncode == code and set(runs.values()) <= {"KILLED", "FINISHED"}, (runs, stderr)  # never RUNNING
@@ -786,7 +798,7 @@ for lr in lrs:
 """
 
 
-def test_parallel_publishers_on_one_fresh_store_lose_nothing_and_never_duplicate_a_result(workspace, tmp_path):
+def test_parallel_publishers_on_one_fresh_store_lose_nothing_and_never_duplicate_a_result(workspace, tmp_path, reaper):
     """Two processes (like two `dvc exp` workers) publish 2 results of 2 runs each at once, one result in common."""
     import subprocess
 
@@ -797,6 +809,8 @@ def test_parallel_publishers_on_one_fresh_store_lose_nothing_and_never_duplicate
     lrs = {"a": ["0.01", "0.011"], "b": ["0.01", "0.021"]}  # 0.01: the same result in both
     workers = {name: subprocess.Popen([sys.executable, "-c", PUBLISHER, str(workspace), uri, str(go), *values], env=src_env(),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, values in lrs.items()}
+    for worker in workers.values():
+        reaper(worker)
     go.touch()
     outputs = {}
     for name, worker in workers.items():
