@@ -470,7 +470,7 @@ def test_sums_over_the_data_are_float64_accurate_where_float32_accumulation_is_n
     sum_rr, sum_xr = linear.residual_sums(w, x, y)
     ours = {"rr": sum_rr, "xr": sum_xr, "xy": linear.dot64(x, y)}
     for key in exact:
-        assert abs(ours[key] - exact[key]) <= 1e-14 * scale[key], key
+        assert abs(ours[key] - exact[key]) <= 1e-11 * scale[key], key  # float64 rounding over 3e5 terms
     float32_running = float(np.cumsum((x * y).astype(np.float32), dtype=np.float32)[-1])
     assert abs(float32_running - exact["xy"]) > 1e-6 * scale["xy"]  # the size at which float32 visibly differs
 
@@ -543,8 +543,8 @@ if os.environ.get("GDPIPE_TEST_TRAINING_STARTED"):
 
     _trainer_for = training.trainer_for
 
-    def _announcing_trainer_for(variant):
-        train = _trainer_for(variant)
+    def _announcing_trainer_for(*args, **kwargs):
+        train = _trainer_for(*args, **kwargs)
 
         def announced(*args, **kwargs):
             Path(os.environ["GDPIPE_TEST_TRAINING_STARTED"]).touch()
