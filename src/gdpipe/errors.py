@@ -1,4 +1,5 @@
-"""The one error type for bad input, and the entry-point wrapper that turns it into exit code 2."""
+"""The one error type for bad input, and the entry-point wrapper: exit 2 for bad input, 130 and 143
+for Ctrl-C and kill, each with one line; and `signals_held` for calls that must not stop half-way."""
 
 from __future__ import annotations
 
