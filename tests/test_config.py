@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, load_default_params, with_overrides, write_yaml
+from conftest import REPO, child_env, load_default_params, with_overrides, write_yaml
 from gdpipe import config
 from gdpipe.errors import run_main
 
@@ -97,7 +97,7 @@ def test_a_stage_with_bad_params_prints_no_traceback_and_writes_nothing(tmp_path
     out = tmp_path / "data" / "dataset.npz"
     done = subprocess.run(
         [sys.executable, str(REPO / "stages" / "generate.py"), "--params", str(path), "--out", str(out)],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True, text=True, cwd=tmp_path, env=child_env(PYTHONPATH=str(REPO / "src")),
     )
     assert done.returncode == 2
     assert done.stderr == f"gdpipe: error: {path}: train.lr = -1: Input should be greater than 0\n"

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, load_default_params, with_overrides, write_yaml
+from conftest import REPO, child_env, load_default_params, with_overrides, write_yaml
 from gdpipe import data
 from gdpipe.errors import InputError
 
@@ -63,7 +63,7 @@ def _peak_rss_of_generate(tmp_path, n: int) -> int:
     )
     done = subprocess.run(
         [sys.executable, "-c", script, "--params", str(params), "--out", str(tmp_path / f"d{n}.npz")],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO, capture_output=True, text=True, check=True, env=child_env(PYTHONPATH=str(REPO / "src")),
     )
     return int(done.stdout)
 
