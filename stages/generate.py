@@ -4,10 +4,9 @@
 """
 
 import argparse
-import sys
 
 from gdpipe import config, data
-from gdpipe.errors import run_main
+from gdpipe.errors import run_command
 
 
 def main(argv=None):
@@ -20,4 +19,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    run_command(main)

@@ -6,11 +6,10 @@
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-from gdpipe import config, data, tracking
-from gdpipe.errors import InputError, run_main
+from gdpipe import config, data
+from gdpipe.errors import InputError, run_command
 from gdpipe.files import read_json, write_json
 from gdpipe.record import build_record, lineage_tags
 
@@ -36,6 +35,8 @@ def main(argv=None):
                      (Path(args.plot), Path(args.params)), lineage)
         for history, model in zip(args.histories, args.models, strict=True)
     ]
+    from gdpipe import tracking  # only now: mlflow takes a second to import, bad input fails before it
+
     uri = tracking.tracking_uri(tracking.repo_root())
     published = tracking.publish(records, data.load(args.data), params.track.experiment, uri)
     write_json(args.runs, published)
@@ -45,4 +46,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    run_command(main)

@@ -9,7 +9,7 @@ import sys
 import time
 
 from gdpipe import config, data, training
-from gdpipe.errors import run_main
+from gdpipe.errors import run_command
 from gdpipe.history import write_timing
 from gdpipe.model import TrainedModel
 
@@ -37,4 +37,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    run_command(main)

@@ -13,7 +13,14 @@ from gdpipe.errors import run_main
 
 sys.path.insert(0, str(REPO / "stages"))
 import generate  # noqa: E402  (the stage script, imported to call its main)
-import validate  # noqa: E402
+
+
+def run_generate(params_path) -> int:
+    """The generate stage's exit code with this params file (every stage checks the whole file first); a failure writes nothing."""
+    out = params_path.parent / "out" / "dataset.npz"
+    code = run_main(generate.main, ["--params", str(params_path), "--out", str(out)])
+    assert code == 0 or not out.parent.exists()
+    return code
 
 
 def test_the_repositorys_params_are_valid():
@@ -47,7 +54,7 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("overrides", "message"), BAD_VALUES)
 def test_bad_value_is_one_line_with_exit_2(tmp_path, capsys, overrides, message):
     path = write_yaml(tmp_path / "params.yaml", with_overrides(load_default_params(), overrides))
-    assert run_main(validate.main, ["--params", str(path)]) == 2
+    assert run_generate(path) == 2
     err = capsys.readouterr().err
     assert err == f"gdpipe: error: {path}: {message}\n"
 
@@ -56,7 +63,7 @@ def test_unknown_key_names_the_typo_and_the_allowed_keys(tmp_path, capsys):
     document = load_default_params()
     document["train"]["learning_rate"] = 0.1
     path = write_yaml(tmp_path / "params.yaml", document)
-    assert run_main(validate.main, ["--params", str(path)]) == 2
+    assert run_generate(path) == 2
     assert capsys.readouterr().err == (
         f"gdpipe: error: {path}: unknown key 'train.learning_rate'; allowed here: lr, epochs, w_init, log_every, numpy, torch\n"
     )
@@ -66,7 +73,7 @@ def test_missing_key_is_named(tmp_path, capsys):
     document = load_default_params()
     del document["data"]["seed"]
     path = write_yaml(tmp_path / "params.yaml", document)
-    assert run_main(validate.main, ["--params", str(path)]) == 2
+    assert run_generate(path) == 2
     assert capsys.readouterr().err == f"gdpipe: error: {path}: missing key 'data.seed'\n"
 
 
@@ -82,13 +89,13 @@ def test_missing_key_is_named(tmp_path, capsys):
 )
 def test_malformed_yaml_is_one_line(tmp_path, capsys, text, message):
     (tmp_path / "params.yaml").write_text(text)
-    assert run_main(validate.main, ["--params", str(tmp_path / "params.yaml")]) == 2
+    assert run_generate(tmp_path / "params.yaml") == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
 
 
 def test_missing_file(tmp_path, capsys):
-    assert run_main(validate.main, ["--params", str(tmp_path / "nope.yaml")]) == 2
+    assert run_generate(tmp_path / "nope.yaml") == 2
     assert capsys.readouterr().err == f"gdpipe: error: {tmp_path / 'nope.yaml'}: no such file\n"
 
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from gdpipe import config, gate
-from gdpipe.errors import InputError
+from gdpipe.errors import InputError, run_main
 from gdpipe.config import Bound
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,7 +289,7 @@ def test_without_the_plot_the_report_says_so_and_the_verdict_stands(workdir, cap
 )
 def test_invalid_thresholds_are_one_line_and_exit_2(workdir, capsys, thresholds, message):
     (workdir / "params.yaml").write_text(params_yaml(thresholds))
-    assert gate.run_main(gate.main, []) == 2
+    assert run_main(gate.main, []) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("gdpipe: error: params.yaml: ") and captured.err.count("\n") == 1
@@ -299,7 +299,7 @@ def test_invalid_thresholds_are_one_line_and_exit_2(workdir, capsys, thresholds,
 
 def test_a_missing_metrics_file_is_bad_input_not_a_failure(workdir, capsys):
     (workdir / "metrics.json").unlink()
-    assert gate.run_main(gate.main, []) == 2
+    assert run_main(gate.main, []) == 2
     assert capsys.readouterr().err == "gdpipe: error: metrics.json: no such file (run the stage that writes it: dvc repro)\n"
 
 
@@ -338,7 +338,7 @@ def test_a_baseline_bound_compares_with_metrics_committed_at_a_revision(workdir,
     def gate_with(loss: float, rev: str) -> int:
         (workdir / "metrics.json").write_text(json.dumps(lesson(numpy=LESSON["numpy"] | {"loss": loss})))
         (workdir / "params.yaml").write_text(params_yaml(f"thresholds: {{numpy.loss: {{max_rel_increase: 0.5, baseline_rev: '{rev}'}}}}"))
-        return gate.run_main(gate.main, [])
+        return run_main(gate.main, [])
 
     assert gate_with(1.4e-12, "HEAD") == 0
     assert "loss      numpy    1.4e-12  <= 1.5e-12 (HEAD 1e-12 +50%)  pass" in capsys.readouterr().out

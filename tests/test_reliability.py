@@ -30,7 +30,11 @@ sys.path.insert(0, str(REPO / "stages"))
 import evaluate  # noqa: E402  (the stage scripts, imported to call their main)
 import generate  # noqa: E402
 import train  # noqa: E402
-import validate  # noqa: E402
+
+
+def load_params(argv: list[str]) -> None:
+    """What every stage does first with its --params: read and check the whole file."""
+    config.load(argv[argv.index("--params") + 1])
 
 
 def run_stage(main, argv: list[str]) -> tuple[int, str]:
@@ -163,7 +167,7 @@ def test_malformed_params_load_or_fail_with_one_line_naming_the_key(case):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "params.yaml"
         path.write_text(text)
-        code, stderr = run_stage(validate.main, ["--params", str(path)])
+        code, stderr = run_stage(load_params, ["--params", str(path)])
         if code == 0:
             assert stderr == ""
             params = config.load(path)
@@ -257,7 +261,7 @@ def test_numbers_from_anywhere_train_or_fail_cleanly_and_metrics_stay_finite(tmp
     metrics_path = folder / "metrics.json"
     code, stderr = run_stage(evaluate.main, ["--params", str(params), "--data", str(dataset), "--models", str(folder / "numpy.json"),
                                              str(folder / "torch.json"), "--histories", str(folder / "numpy.csv"), str(folder / "torch.csv"),
-                                             "--out", str(metrics_path)])
+                                             "--out", str(metrics_path), "--plot", str(folder / "curves.png")])
     if code != 0:
         assert code == 2
         assert_one_error_line(stderr)
@@ -275,17 +279,15 @@ def test_numbers_from_anywhere_train_or_fail_cleanly_and_metrics_stay_finite(tmp
 # --- Bad input: files between stages ---------------------------------------------------------
 
 def build_workspace(folder: Path, overrides: dict | None = None) -> Path:
-    """The outputs of generate, train, evaluate and plot for the repository's params (with overrides), made in this process."""
+    """The outputs of generate, train and evaluate for the repository's params (with overrides), made in this process."""
     from conftest import with_overrides, write_yaml
-
-    import plot
 
     folder.mkdir(parents=True, exist_ok=True)
     params = write_yaml(folder / "params.yaml", with_overrides(load_default_params(), overrides or {}))
     steps = [(generate.main, ["--params", str(params), "--out", "data/dataset.npz"])]
     steps += [(train.main, ["--variant", v, "--params", str(params), "--data", "data/dataset.npz", "--history", f"history/{v}.csv",
                             "--model", f"models/{v}.json"]) for v in ("numpy", "torch")]
-    steps += [(evaluate.main, EVALUATE_ARGS), (plot.main, PLOT_ARGS)]
+    steps += [(evaluate.main, EVALUATE_ARGS)]
     with contextlib.chdir(folder):
         for main, argv in steps:
             code, stderr = run_stage(main, argv)
@@ -294,8 +296,8 @@ def build_workspace(folder: Path, overrides: dict | None = None) -> Path:
 
 
 EVALUATE_ARGS = ["--params", "params.yaml", "--data", "data/dataset.npz", "--models", "models/numpy.json", "models/torch.json",
-                 "--histories", "history/numpy.csv", "history/torch.csv", "--out", "metrics.json"]
-PLOT_ARGS = ["--data", "data/dataset.npz", "--histories", "history/numpy.csv", "history/torch.csv", "--out", "plots/curves.png"]
+                 "--histories", "history/numpy.csv", "history/torch.csv", "--out", "metrics.json", "--plot", "plots/curves.png"]
+EVALUATE_OUTS = ["metrics.json", "plots/curves.png"]
 TRAIN_ARGS = ["--variant", "numpy", "--params", "params.yaml", "--data", "data/dataset.npz", "--history", "history/numpy.csv",
               "--model", "models/numpy.json"]
 TRACK_ARGS = ["--params", "params.yaml", "--data", "data/dataset.npz", "--histories", "history/numpy.csv", "history/torch.csv",
@@ -360,12 +362,12 @@ CORRUPT_INPUTS = [
     # (stage, its arguments, the input spoiled, how, what the line says, the outputs that must stay as they were)
     ("train", TRAIN_ARGS, "data/dataset.npz", _truncate, "not a readable data set", ["history/numpy.csv", "models/numpy.json"]),
     ("train", TRAIN_ARGS, "data/dataset.npz", _nan_data, "must be finite", ["history/numpy.csv", "models/numpy.json"]),
-    ("evaluate", EVALUATE_ARGS, "data/dataset.npz", os.unlink, "no such file", ["metrics.json"]),
-    ("evaluate", EVALUATE_ARGS, "history/torch.csv", _bad_row, "line 4: expected epoch,w,loss as numbers", ["metrics.json"]),
-    ("evaluate", EVALUATE_ARGS, "history/numpy.csv", _nan_row, "line 3: epochs must increase from 1 and w, loss be finite", ["metrics.json"]),
-    ("evaluate", EVALUATE_ARGS, "models/torch.json", _not_json, "not valid JSON", ["metrics.json"]),
-    ("evaluate", EVALUATE_ARGS, "models/numpy.json", _nan_json, "not valid JSON (NaN is not a number gdpipe accepts)", ["metrics.json"]),
-    ("plot", PLOT_ARGS, "history/torch.csv", _truncate, "", ["plots/curves.png"]),
+    ("evaluate", EVALUATE_ARGS, "data/dataset.npz", os.unlink, "no such file", EVALUATE_OUTS),
+    ("evaluate", EVALUATE_ARGS, "history/torch.csv", _bad_row, "line 4: expected epoch,w,loss as numbers", EVALUATE_OUTS),
+    ("evaluate", EVALUATE_ARGS, "history/numpy.csv", _nan_row, "line 3: epochs must increase from 1 and w, loss be finite", EVALUATE_OUTS),
+    ("evaluate", EVALUATE_ARGS, "models/torch.json", _not_json, "not valid JSON", EVALUATE_OUTS),
+    ("evaluate", EVALUATE_ARGS, "history/torch.csv", _truncate, "", EVALUATE_OUTS),
+    ("evaluate", EVALUATE_ARGS, "models/numpy.json", _nan_json, "not valid JSON (NaN is not a number gdpipe accepts)", EVALUATE_OUTS),
     ("track", TRACK_ARGS, "metrics.json", _not_json, "not valid JSON", []),
     ("track", TRACK_ARGS, "history/numpy.csv", _bad_row, "line 4", []),
     ("summary", ["metrics.json"], "metrics.json", _not_json, "not valid JSON", []),
@@ -377,15 +379,13 @@ CORRUPT_INPUTS = [
 def test_a_corrupt_input_between_stages_is_one_line_naming_the_file(workspace, tmp_path, monkeypatch, stage, argv, spoiled, spoil, message, kept):
     import shutil
 
-    import plot
-
     folder = tmp_path / "ws"
     shutil.copytree(workspace, folder)
     before = {name: (folder / name).read_bytes() for name in kept}
     spoil(folder / spoiled)
     monkeypatch.chdir(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
-    main = {"train": train.main, "evaluate": evaluate.main, "plot": plot.main, "track": _track, "summary": _summary}[stage]
+    main = {"train": train.main, "evaluate": evaluate.main, "track": _track, "summary": _summary}[stage]
     code, stderr = run_stage(main, argv)
     assert code == 2
     assert_one_error_line(stderr, f"gdpipe: error: {spoiled}: ", message)
@@ -697,7 +697,7 @@ def test_same_params_give_byte_identical_outputs_on_a_forced_rerun(reproduced_re
     times = [f"history/{variant}.timing.json" for variant in ("numpy", "torch")]
     first_times = hashes(repo, times)
     done = dvc(repo, "repro", "--force")
-    assert stages_run(done.stdout) == {"validate", "generate", "train@numpy", "train@torch", "evaluate", "plot", "track"}
+    assert stages_run(done.stdout) == {"generate", "train@numpy", "train@torch", "evaluate", "track"}
     assert hashes(repo) == hashes(reproduced_repo)
     assert hashes(repo, times) != first_times  # the times did change: they are not part of any hashed output
 
@@ -862,7 +862,7 @@ def test_a_yaml_tag_that_would_run_code_is_refused_and_never_runs(tmp_path):
     for tag in ("!!python/object/apply:os.system", "!!python/object/apply:subprocess.call", "!!python/object/new:os.system"):
         params = tmp_path / "params.yaml"
         params.write_text((REPO / "params.yaml").read_text().replace("experiment: gradient-descent", f"experiment: {tag} [touch {marker}]"))
-        code, stderr = run_stage(validate.main, ["--params", str(params)])
+        code, stderr = run_stage(load_params, ["--params", str(params)])
         assert code == 2 and not marker.exists()
         assert_one_error_line(stderr, str(params), "could not determine a constructor for the tag")
 

@@ -1,13 +1,15 @@
-"""The one error type for bad input, and the entry-point wrapper: exit 2 for bad input, 130 and 143
+"""The one error type for bad input, and the entry-point wrappers: exit 2 for bad input, 130 and 143
 for Ctrl-C and kill, each with one line; and `signals_held` for calls that must not stop half-way."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn
 
 EXIT_BAD_INPUT = 2
 
@@ -107,6 +109,23 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
             if signal.getsignal(signum) != signal.SIG_IGN:
                 signal.signal(signum, previous[signum])
         _armed.clear()
+
+
+def run_command(main: Callable[[Sequence[str] | None], int | None]) -> NoReturn:
+    """The `__main__` of every stage and command: `run_main(main)`, then exit with its code.
+
+    A command is a short-lived process whose objects, mostly the modules it imports (mlflow and
+    torch bring about a million), live until it exits. Python's cyclic garbage collector would walk
+    them again and again while they load and once more at exit: about a second of a `dvc repro`
+    (`make bench`, pipeline). So it is off while the command runs (nothing a command repeats makes
+    reference cycles: `make bench` checks the memory of training) and everything is frozen before
+    exit, so the interpreter's final collection has nothing to walk. Heavy imports therefore go
+    inside `main`, which also keeps `--help` and bad arguments quick.
+    """
+    gc.disable()
+    code = run_main(main)
+    gc.freeze()
+    sys.exit(code)
 
 
 def _notes(err: BaseException) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 from gdpipe import config
 from gdpipe.config import VARIANTS, Bound
-from gdpipe.errors import InputError, run_main
+from gdpipe.errors import InputError, run_command
 from gdpipe.files import atomic_write, read_json
 
 EXIT_FAILED = 1
@@ -238,4 +237,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    run_command(main)

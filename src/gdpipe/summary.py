@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from gdpipe.config import VARIANTS
-from gdpipe.errors import InputError, run_main
+from gdpipe.errors import InputError, run_command
 from gdpipe.files import read_json
 
 
@@ -42,4 +42,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    run_command(main)
