@@ -9,8 +9,9 @@ import argparse
 from pathlib import Path
 
 from gdpipe import config, data
-from gdpipe.errors import InputError, run_command
+from gdpipe.errors import run_command
 from gdpipe.files import read_json, write_json
+from gdpipe.model import train_outputs
 from gdpipe.record import build_record, lineage_tags
 
 
@@ -19,21 +20,18 @@ def main(argv=None):
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", required=True)
     parser.add_argument("--histories", nargs="+", required=True, help="history/<variant>.csv, one per variant")
-    parser.add_argument("--models", nargs="+", required=True, help="models/<variant>.json, same order")
+    parser.add_argument("--models", nargs="+", required=True, help="models/<variant>.json, one per variant")
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--plot", required=True, help="the curves PNG, logged with every run")
     parser.add_argument("--published", required=True, help="variant -> fingerprint of its run (deterministic: a DVC output)")
     parser.add_argument("--runs", required=True, help="variant -> run id and tracking URI (not a DVC output)")
     args = parser.parse_args(argv)
     params = config.load(args.params)
-    if len(args.histories) != len(args.models):
-        raise InputError("track needs one model per history, in the same order")
     metrics = read_json(args.metrics)
     lineage = lineage_tags(Path.cwd())
     records = [
-        build_record(params, metrics, Path(args.data), Path(history), Path(model), Path(args.metrics),
-                     (Path(args.plot), Path(args.params)), lineage)
-        for history, model in zip(args.histories, args.models, strict=True)
+        build_record(params, metrics, Path(args.data), variant, history, model, Path(args.metrics), (Path(args.plot), Path(args.params)), lineage)
+        for variant, (model, history) in train_outputs(args.models, args.histories).items()
     ]
     from gdpipe import tracking  # only now: mlflow takes a second to import, bad input fails before it
 

@@ -329,6 +329,11 @@ def _not_json(path: Path) -> None:
     path.write_text('{"numpy": {"w": 2.0,')
 
 
+def _numpy_model(path: Path) -> None:
+    """Another variant's model under this name (a copy gone wrong)."""
+    path.write_text(path.with_name("numpy.json").read_text())
+
+
 def _nan_json(path: Path) -> None:
     import re
 
@@ -367,9 +372,11 @@ CORRUPT_INPUTS = [
     ("evaluate", EVALUATE_ARGS, "history/numpy.csv", _nan_row, "line 3: epochs must increase from 1 and w, loss be finite", EVALUATE_OUTS),
     ("evaluate", EVALUATE_ARGS, "models/torch.json", _not_json, "not valid JSON", EVALUATE_OUTS),
     ("evaluate", EVALUATE_ARGS, "history/torch.csv", _truncate, "", EVALUATE_OUTS),
+    ("evaluate", EVALUATE_ARGS, "models/torch.json", _numpy_model, "holds the numpy model, expected the torch one", EVALUATE_OUTS),
     ("evaluate", EVALUATE_ARGS, "models/numpy.json", _nan_json, "not valid JSON (NaN is not a number gdpipe accepts)", EVALUATE_OUTS),
     ("track", TRACK_ARGS, "metrics.json", _not_json, "not valid JSON", []),
     ("track", TRACK_ARGS, "history/numpy.csv", _bad_row, "line 4", []),
+    ("track", TRACK_ARGS, "models/torch.json", _numpy_model, "holds the numpy model, expected the torch one", []),
     ("summary", ["metrics.json"], "metrics.json", _not_json, "not valid JSON", []),
 ]
 
@@ -392,6 +399,29 @@ def test_a_corrupt_input_between_stages_is_one_line_naming_the_file(workspace, t
     assert {name: (folder / name).read_bytes() for name in kept} == before, "an earlier result was lost"
     assert not (folder / "published.json").exists() and not (folder / "runs.json").exists() and not (tmp_path / "store").exists()
     assert not [path for path in folder.rglob("*") if path.name.endswith(".tmp")]
+
+
+def test_models_and_histories_are_matched_by_variant_not_by_order(workspace, tmp_path, monkeypatch):
+    """evaluate pairs models/<variant>.json with history/<variant>.csv in any order; a missing or doubled variant is one line."""
+    import shutil
+
+    folder = tmp_path / "ws"
+    shutil.copytree(workspace, folder)
+    monkeypatch.chdir(folder)
+    swapped = [*EVALUATE_ARGS]
+    start = swapped.index("--histories") + 1
+    swapped[start : start + 2] = ["history/torch.csv", "history/numpy.csv"]
+    swapped[swapped.index("--out") + 1] = "swapped.json"
+    assert run_stage(evaluate.main, swapped) == (0, "")
+    assert (folder / "swapped.json").read_bytes() == (workspace / "metrics.json").read_bytes()
+
+    doubled = [*EVALUATE_ARGS]
+    doubled[doubled.index("models/torch.json")] = "models/numpy.json"
+    before = (folder / "metrics.json").read_bytes()
+    code, stderr = run_stage(evaluate.main, doubled)
+    assert code == 2 and (folder / "metrics.json").read_bytes() == before
+    assert_one_error_line(stderr, "expected one <variant>.json model and one <variant>.csv history for each of numpy, torch",
+                          "models/numpy.json, models/numpy.json, history/numpy.csv, history/torch.csv")
 
 
 @publishes_in_process
@@ -790,7 +820,7 @@ while not go.exists():  # both workers start publishing at the same moment, on a
     time.sleep(0.005)
 for lr in lrs:
     variant_params = params.model_copy(update={"train": params.train.model_copy(update={"lr": lr})})
-    records = [build_record(variant_params, metrics, workspace / "data/dataset.npz", workspace / f"history/{v}.csv",
+    records = [build_record(variant_params, metrics, workspace / "data/dataset.npz", v, workspace / f"history/{v}.csv",
                             workspace / f"models/{v}.json", workspace / "metrics.json", (workspace / "plots/curves.png",), {})
                for v in ("numpy", "torch")]
     published = tracking.publish(records, dataset, "gradient-descent", uri)

@@ -194,7 +194,7 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
     repo = reproduced_repo
     params = config.load(repo / "params.yaml")
     record = build_record(
-        params, read_json(repo / "metrics.json"), repo / "data/dataset.npz", repo / "history/numpy.csv",
+        params, read_json(repo / "metrics.json"), repo / "data/dataset.npz", "numpy", repo / "history/numpy.csv",
         repo / "models/numpy.json", repo / "metrics.json", (tmp_path / "vanished.png",), {},
     )
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
@@ -205,7 +205,7 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
     assert str(err.value).endswith(f"; numpy run {run.info.run_id} marked FAILED")  # one line, said by the stage
     # The failed run does not count as published: the next attempt makes a complete one.
     record = build_record(
-        params, read_json(repo / "metrics.json"), repo / "data/dataset.npz", repo / "history/numpy.csv",
+        params, read_json(repo / "metrics.json"), repo / "data/dataset.npz", "numpy", repo / "history/numpy.csv",
         repo / "models/numpy.json", repo / "metrics.json", (), {},
     )
     published = tracking.publish([record], data.load(repo / "data/dataset.npz"), "gradient-descent", uri)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,14 +41,16 @@ class TrainedModel:
         write_json(path, asdict(self))
 
     @classmethod
-    def load(cls, path: str | Path) -> TrainedModel:
-        """Read a record written by `save`; InputError naming the file if it is malformed."""
+    def load(cls, path: str | Path, variant: str | None = None) -> TrainedModel:
+        """Read a record written by `save` (of `variant`, if given); InputError naming the file if it is malformed."""
         path = Path(path)
         record = read_json(path)
         if not isinstance(record, dict) or set(record) != set(cls.__dataclass_fields__):
             raise InputError(f"{path}: expected a JSON object with the keys {', '.join(cls.__dataclass_fields__)}")
         if record["variant"] not in VARIANTS:
             raise InputError(f"{path}: variant must be one of {', '.join(VARIANTS)}, got {record['variant']!r}")
+        if variant is not None and record["variant"] != variant:
+            raise InputError(f"{path}: holds the {record['variant']} model, expected the {variant} one")
         w = None if record["w"] is None else require_finite(path, "w", record["w"])
         for key in ("epochs_trained", "diverged_at_epoch"):
             value = record[key]
@@ -56,3 +59,16 @@ class TrainedModel:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InputError(f"{path}: {key} must be a whole number >= 0, got {value!r}")
         return cls(variant=record["variant"], w=w, epochs_trained=record["epochs_trained"], diverged_at_epoch=record["diverged_at_epoch"])
+
+
+def train_outputs(model_paths: Sequence[str | Path], history_paths: Sequence[str | Path]) -> dict[str, tuple[Path, Path]]:
+    """variant -> (model, history) of the train stages, matched by name: models/<variant>.json, history/<variant>.csv.
+
+    evaluate and track compare and publish every variant, so each must have both files.
+    """
+    models = {Path(path).stem: Path(path) for path in model_paths}
+    histories = {Path(path).stem: Path(path) for path in history_paths}
+    if len(models) != len(model_paths) or len(histories) != len(history_paths) or not sorted(models) == sorted(histories) == sorted(VARIANTS):
+        given = ", ".join(str(path) for path in (*model_paths, *history_paths)) or "none"
+        raise InputError(f"expected one <variant>.json model and one <variant>.csv history for each of {', '.join(VARIANTS)}; got {given}")
+    return {variant: (models[variant], histories[variant]) for variant in VARIANTS}

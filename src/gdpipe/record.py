@@ -90,6 +90,7 @@ def build_record(
     params: Params,
     metrics: dict,
     dataset_path: Path,
+    variant: str,
     history_path: Path,
     model_path: Path,
     metrics_path: Path,
@@ -98,8 +99,7 @@ def build_record(
 ) -> RunRecord:
     """Read one variant's outputs and assemble its run; InputError naming the file if one is bad."""
     history = History.read_csv(history_path)
-    model = TrainedModel.load(model_path)
-    variant = model.variant
+    model = TrainedModel.load(model_path, variant)
     section = metrics.get(variant) if isinstance(metrics, dict) else None
     if not isinstance(section, dict):
         raise InputError(f"{metrics_path}: no section for the variant {variant!r} (rerun the evaluate stage)")
