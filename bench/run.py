@@ -27,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import MAKE_ENV, REPO, VENV_BIN, child_env, copy_repo, load_default_params, with_overrides, write_yaml  # noqa: E402
+
 SRC = REPO / "src"
 # The goal of each figure: the ratio must be at most this.
 GOALS = {
@@ -40,19 +41,11 @@ GOALS = {
     "pipeline / tutorial+mlflow": 1.0,
     "repro up to date / status": 1.3,
 }
-# Both sides of every comparison run with the settings `make` exports.
-ENV = {"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def summarize(ratios: list[float]) -> dict:
     """Median, min and max of the per-repeat ratios, and the ratios themselves."""
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "repeats": [round(r, 4) for r in ratios]}
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """This venv first on PATH, no inherited DVC or MLflow targets, the Makefile's settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    return env | {"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"} | ENV | extra
 
 
 def say(message: str) -> None:
@@ -155,21 +148,7 @@ def bench_kernel(quick: bool) -> dict:
 
 def write_params(path: Path, **overrides) -> Path:
     """params.yaml of the repo with dotted overrides, as YAML."""
-    sys.path.insert(0, str(SRC))
-    from ruamel.yaml import YAML
-
-    yaml = YAML(typ="safe")
-    document = yaml.load((REPO / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        *parents, last = dotted.split(".")
-        node = document
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    yaml.default_flow_style = False
-    with path.open("w") as handle:
-        yaml.dump(document, handle)
-    return path
+    return write_yaml(path, with_overrides(load_default_params(), overrides))
 
 
 def peak_rss(command: list[str], cwd: Path) -> int:
@@ -209,7 +188,7 @@ def bench_publish(quick: bool, work: Path) -> dict:
     epochs = 2_000 if quick else 10_000
     repeats = 2 if quick else 3
     sys.path.insert(0, str(SRC))
-    os.environ.update(ENV)
+    os.environ.update(MAKE_ENV)  # both sides run with the settings `make` exports
     from gdpipe import config, data, tracking, training
     from gdpipe.record import RunRecord
     from mlflow import MlflowClient
@@ -248,22 +227,6 @@ def bench_publish(quick: bool, work: Path) -> dict:
 # --- 4. pipeline and 5. overhead --------------------------------------------------------------
 
 
-def copy_repo(destination: Path) -> Path:
-    """This checkout's tracked and new files (no outputs or caches) as a fresh git repo, sharing .venv."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO, check=True, capture_output=True).stdout
-    for name in filter(None, listed.decode().split("\0")):
-        source = REPO / name
-        if source.is_file() and not name.startswith("bench/"):
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    (destination / ".venv").symlink_to(REPO / ".venv")
-    git = ["git", "-c", "user.name=gdpipe bench", "-c", "user.email=bench@gdpipe.invalid"]
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=destination, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
-    subprocess.run([*git, "commit", "-qm", "copy"], cwd=destination, check=True)
-    return destination
-
-
 def empty_store(folder: Path) -> Path:
     """An MLflow sqlite store with its tables created and nothing in it, to copy before each run."""
     from mlflow import MlflowClient
@@ -288,7 +251,7 @@ def bench_pipeline(quick: bool, work: Path) -> dict:
     repeats = 2 if quick else 3
     repo = copy_repo(work / "repo")
     template = empty_store(work / "template")
-    dvc = str(BIN / "dvc")
+    dvc = str(VENV_BIN / "dvc")
     say("pipeline: first dvc repro (warm-up, untimed)")
     timed([dvc, "repro"], repo)
     script_dir = work / "script"
@@ -319,13 +282,13 @@ def bench_overhead(quick: bool, work: Path) -> dict:
     repo = work / "repo"
     if not repo.exists():
         copy_repo(repo)
-        timed([str(BIN / "dvc"), "repro"], repo)
+        timed([str(VENV_BIN / "dvc"), "repro"], repo)
     repeats = 3 if quick else 7
     ratios = []
     say(f"overhead: {repeats} repeats")
     for _ in range(repeats):
-        status = timed([str(BIN / "dvc"), "status"], repo)
-        repro = timed([str(BIN / "dvc"), "repro"], repo)
+        status = timed([str(VENV_BIN / "dvc"), "status"], repo)
+        repro = timed([str(VENV_BIN / "dvc"), "repro"], repo)
         ratios.append(repro / status)
     return summarize(ratios)
 

@@ -1,48 +1,15 @@
-"""Shared fixtures: the repository, params files with overrides, and throwaway copies of the repo for DVC."""
+"""Shared fixtures: validated params and reproduced copies of the repo; the plain helpers live in support.py."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from ruamel.yaml import YAML
 
 from gdpipe import config
-
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-
-
-def load_default_params() -> dict:
-    """params.yaml of the repository as a plain dict."""
-    return YAML(typ="safe").load((REPO / "params.yaml").read_text())
-
-
-def with_overrides(document: dict, overrides: dict[str, object]) -> dict:
-    """A copy of `document` with dotted keys set, e.g. {"train.lr": 0.1}."""
-    import copy
-
-    result = copy.deepcopy(document)
-    for dotted, value in overrides.items():
-        *parents, last = dotted.split(".")
-        node = result
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    return result
-
-
-def write_yaml(path: Path, document: object) -> Path:
-    """Dump `document` as YAML to `path`."""
-    yaml = YAML(typ="safe")
-    yaml.default_flow_style = False
-    with path.open("w") as handle:
-        yaml.dump(document, handle)
-    return path
+from support import REPO, VENV_BIN, child_env, copy_repo, load_default_params, with_overrides, write_yaml  # noqa: F401  (the tests import them from here)
 
 
 @pytest.fixture
@@ -53,32 +20,6 @@ def params():
         return config.Params.model_validate(with_overrides(load_default_params(), overrides or {}))
 
     return make
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a child dvc or stage process: this venv first, no inherited DVC_ROOT."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING"))}
-    env |= {"PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return env | extra
-
-
-def copy_repo(destination: Path) -> Path:
-    """Copy this checkout's tracked and new files (not outputs, caches or .venv) into a fresh git repo."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO, check=True, capture_output=True
-    ).stdout.decode()
-    destination.mkdir(parents=True, exist_ok=True)
-    for name in filter(None, listed.split("\0")):
-        source = REPO / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    (destination / ".venv").symlink_to(REPO / ".venv")
-    git = ["git", "-c", "user.name=gdpipe tests", "-c", "user.email=tests@gdpipe.invalid"]
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=destination, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
-    subprocess.run([*git, "commit", "-qm", "copy"], cwd=destination, check=True)
-    return destination
 
 
 def dvc(repo: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
