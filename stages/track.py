@@ -40,6 +40,8 @@ def main(argv=None):
     write_json(args.runs, published)
     write_json(args.published, {record.variant: {"fingerprint": record.fingerprint, "experiment": params.track.experiment} for record in records})
     for variant, run in published.items():
+        for run_id in run["abandoned_runs_killed"]:
+            print(f"{variant}: run {run_id} was left RUNNING by a publisher that was killed; marked KILLED")
         print(f"{variant}: {'new run' if run['created'] else 'already published as run'} {run['run_id']} ({params.track.experiment} at {run['tracking_uri']})")
 
 

@@ -803,6 +803,31 @@ def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_pu
         assert len(client.get_metric_history(run["run_id"], "loss")) == EPOCHS_LONG
 
 
+def test_a_run_left_running_by_sigkill_while_publishing_is_marked_killed_by_the_next_publish(long_workspace, tmp_path, reaper):
+    """kill -9 gives the publisher no chance to mark its run; the next publish to the sqlite store does, and says so."""
+    import shutil
+    import signal
+    import subprocess
+
+    folder = tmp_path / "ws"
+    shutil.copytree(long_workspace, folder)
+    db = tmp_path / "store" / "mlflow.db"
+    env = src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}")
+    process = subprocess.Popen([sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS], cwd=folder, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reaper(process)
+    wait_for(lambda: any(status == "RUNNING" for _, status in runs_in_store(db)), process, what="a run was created")
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    (abandoned,) = [run_id for run_id, status in runs_in_store(db) if status == "RUNNING"]
+
+    done = subprocess.run([sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS], cwd=folder, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    published = json.loads((folder / "runs.json").read_text())
+    assert dict(runs_in_store(db)) == {abandoned: "KILLED"} | {run["run_id"]: "FINISHED" for run in published.values()}
+    assert f": run {abandoned} was left RUNNING by a publisher that was killed; marked KILLED\n" in done.stdout
+
+
 # --- Concurrency -----------------------------------------------------------------------------
 
 PUBLISHER = """

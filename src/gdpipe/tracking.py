@@ -74,13 +74,18 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
+def _is_locked_store(uri: str) -> bool:
+    """Whether `store_lock` serialises the writers of this store (a sqlite file)."""
+    return uri.startswith("sqlite:///")
+
+
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """Serialise writers of one sqlite store: its first-time table creation and concurrent writes are not safe.
 
     A server store needs no lock (the server serialises), so nothing is locked for it.
     """
-    if not uri.startswith("sqlite:///"):
+    if not _is_locked_store(uri):
         yield
         return
     folder = Path(uri.removeprefix("sqlite:///")).parent
@@ -94,20 +99,46 @@ def store_lock(uri: str) -> Iterator[None]:
 
 
 def publish(records: Sequence[RunRecord], dataset: Dataset, experiment: str, uri: str) -> dict[str, dict]:
-    """Find or create each record's run; return variant -> {run_id, experiment_id, tracking_uri, created}."""
+    """Find or create each record's run.
+
+    Returns variant -> {run_id, experiment_id, tracking_uri, created, abandoned_runs_killed}, the
+    last being the runs of the same result that a killed publisher had left RUNNING (sqlite only).
+    """
     mlflow.set_tracking_uri(uri)
     published = {}
     with store_lock(uri):
         client, experiment_id = _open(experiment, uri)
         for record in records:
             try:
+                abandoned = _mark_abandoned_runs_killed(client, experiment_id, record, uri)
                 run_id, created = _find_or_create_run(client, experiment_id, record, dataset, uri)
             except (MlflowException, OSError) as err:  # the store went away or refused mid-way: one line, no traceback
                 raise InputError(
                     f"MLflow tracking store {redact(uri)} failed while publishing {record.variant}: {_first_line(err, uri)}{_notes(err)}"
                 ) from None
-            published[record.variant] = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": redact(uri), "created": created}
+            published[record.variant] = {
+                "run_id": run_id, "experiment_id": experiment_id, "tracking_uri": redact(uri), "created": created, "abandoned_runs_killed": abandoned,
+            }
     return published
+
+
+def _mark_abandoned_runs_killed(client: MlflowClient, experiment_id: str, record: RunRecord, uri: str) -> list[str]:
+    """Mark KILLED the runs of this result that are still RUNNING: a publisher killed with SIGKILL
+    (or a power cut) had no chance to mark them. Returns their ids.
+
+    Only in a sqlite store, where publishers take turns under `store_lock`: while we hold it, nobody
+    is writing a run. A server has no such lock, and a RUNNING run there may be another worker's,
+    being written right now, so it is left alone.
+    """
+    if not _is_locked_store(uri):
+        return []
+    with _uninterrupted(uri):
+        abandoned = [run.info.run_id for run in client.search_runs(
+            [experiment_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{record.fingerprint}' and attributes.status = 'RUNNING'"
+        )]
+        for run_id in abandoned:
+            client.set_terminated(run_id, "KILLED")
+    return abandoned
 
 
 def _open(name: str, uri: str) -> tuple[MlflowClient, str]:
