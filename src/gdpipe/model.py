@@ -68,7 +68,8 @@ def train_outputs(model_paths: Sequence[str | Path], history_paths: Sequence[str
     """
     models = {Path(path).stem: Path(path) for path in model_paths}
     histories = {Path(path).stem: Path(path) for path in history_paths}
-    if len(models) != len(model_paths) or len(histories) != len(history_paths) or not sorted(models) == sorted(histories) == sorted(VARIANTS):
+    # Exactly one file of each kind per variant: as many paths as variants, and every variant named.
+    if not len(model_paths) == len(history_paths) == len(VARIANTS) or set(models) != set(VARIANTS) or set(histories) != set(VARIANTS):
         given = ", ".join(str(path) for path in (*model_paths, *history_paths)) or "none"
         raise InputError(f"expected one <variant>.json model and one <variant>.csv history for each of {', '.join(VARIANTS)}; got {given}")
     return {variant: (models[variant], histories[variant]) for variant in VARIANTS}
