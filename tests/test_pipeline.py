@@ -85,21 +85,28 @@ def _dvc_stage_commands() -> dict[str, tuple[str, list[str]]]:
     return commands
 
 
+# The heavy libraries (a second or so to import) and the one stage that may import each.
+HEAVY_IMPORTS = {"torch": "train@torch", "mlflow": "track", "matplotlib": "evaluate"}
+
+
 @pytest.mark.parametrize("address", sorted(ALL_STAGES))
 def test_each_stage_declares_every_package_module_it_runs(reproduced_repo, tmp_path, address):
-    """If a stage imported gdpipe code that dvc.yaml does not list, DVC would not rerun it when that code changes."""
+    """If a stage imported gdpipe code that dvc.yaml does not list, DVC would not rerun it when that code changes.
+    And torch, mlflow and matplotlib are imported only by the stage that needs each."""
     cmd, deps = _dvc_stage_commands()[address]
     script, *args = shlex.split(cmd.split("${py}", 1)[1])
     report = tmp_path / "modules.txt"
     probe = (
         "import atexit, os, runpy, sys;"
-        "atexit.register(lambda: open(os.environ['MODULES_REPORT'], 'w').write(' '.join(m for m in sys.modules if m.startswith('gdpipe.'))));"
+        "atexit.register(lambda: open(os.environ['MODULES_REPORT'], 'w').write(' '.join(sys.modules)));"
         "script = sys.argv[1]; sys.argv = sys.argv[1:]; runpy.run_path(script, run_name='__main__')"
     )
     subprocess.run([sys.executable, "-c", probe, script, *args], cwd=reproduced_repo, env=child_env(PYTHONPATH="src", MODULES_REPORT=str(report)), check=True)
-    imported = {f"src/{name.replace('.', '/')}.py" for name in report.read_text().split()}
+    modules = set(report.read_text().split())
+    imported = {f"src/{name.replace('.', '/')}.py" for name in modules if name.startswith("gdpipe.")}
     assert script in deps
     assert imported - set(deps) == set(), f"{address} runs modules dvc.yaml does not list as deps"
+    assert {library for library, stage in HEAVY_IMPORTS.items() if library in modules} == {library for library, stage in HEAVY_IMPORTS.items() if stage == address}
     assert dvc(reproduced_repo, "status").stdout.strip() == "Data and pipelines are up to date.", "rerunning a stage changed its outputs"
 
 
