@@ -72,6 +72,18 @@ def test_learning_rate_just_above_the_bound_diverges_and_is_recorded(params, var
     assert f"diverged at epoch {history.diverged_at}" in note and "0 < lr < 0.1333" in note and "train.lr = 0.14" in note
 
 
+@pytest.mark.parametrize("lr", [0.14, 0.2, 0.5])
+def test_both_variants_diverge_at_about_the_same_epoch(params, lr):
+    """w and loss are float32 in both, so both see the overflow; torch's float32 squares overflow a few
+    epochs before their mean does (the NumPy loss is the exact mean, rounded once)."""
+    p = params({"train.lr": lr, "train.epochs": 2000})
+    dataset = data.generate(p.data)
+    numpy_at = training.train("numpy", dataset, p.train).diverged_at
+    torch_at = training.train("torch", dataset, p.train).diverged_at
+    assert numpy_at is not None and torch_at is not None
+    assert abs(numpy_at - torch_at) <= max(2, 0.02 * torch_at), (numpy_at, torch_at)
+
+
 def test_learning_rate_just_below_the_bound_converges(params):
     p = params({"train.lr": 0.13, "train.epochs": 2000})
     history = training.train("numpy", data.generate(p.data), p.train)

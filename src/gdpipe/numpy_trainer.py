@@ -21,14 +21,15 @@ class NumpyStepper:
         self.grad_scale = 2.0 / self.x.size if params.numpy.gradient == "mean" else 2.0
         self.w = np.float32(params.w_init)  # float32 like the data and the torch variant
         self.ws = np.empty(params.epochs, dtype=np.float32)
-        self.losses = np.empty(params.epochs, dtype=np.float64)
+        # The loss in float32 too, as the lesson's and torch's: a loss beyond float32's range is a divergence in both.
+        self.losses = np.empty(params.epochs, dtype=np.float32)
 
     def step(self, index: int) -> None:
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected by the loop, not warned about
             sum_rr, sum_xr = residual_sums(self.w, self.x, self.y)
             self.w = np.float32(self.w - self.lr * (self.grad_scale * sum_xr))
+            self.losses[index] = sum_rr / self.x.size
         self.ws[index] = self.w
-        self.losses[index] = sum_rr / self.x.size
 
     def all_finite(self) -> bool:
         return bool(np.isfinite(self.w))
