@@ -28,7 +28,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# A bad params.yaml stops at the first line, in one line, before DVC removes any stage's outputs.
 repro: $(STAMP)
+	PYTHONPATH=src $(BIN)/python -m gdpipe.config params.yaml
 	$(BIN)/dvc repro
 	$(BIN)/python -m gdpipe.summary metrics.json
 	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)/#/experiments/1/runs?workflowType=machine_learning"
@@ -40,6 +42,7 @@ test: $(STAMP)
 # The gate runs this checkout's src/ (PYTHONPATH), as the stages do, also from a git worktree.
 # It prints the table and writes reports/check.md with reports/check.png; bounds: params.yaml thresholds.
 check: $(STAMP)
+	PYTHONPATH=src $(BIN)/python -m gdpipe.config params.yaml
 	$(BIN)/dvc repro
 	PYTHONPATH=src $(BIN)/python -m gdpipe.gate --params params.yaml --metrics metrics.json \
 		--plot plots/curves.png --report reports/check.md

@@ -73,6 +73,18 @@ def test_repro_reruns_exactly_what_a_change_touches(own_reproduced_repo):
     assert "Traceback" not in done.stderr + done.stdout
 
 
+def test_make_repro_stops_a_bad_params_file_before_dvc_touches_any_output(own_reproduced_repo):
+    """DVC removes a stage's outputs before running it; make repro checks params.yaml first, so nothing goes."""
+    repo = own_reproduced_repo
+    outputs = {path: path.read_bytes() for path in (repo / "data" / "dataset.npz", repo / "history" / "numpy.csv", repo / "metrics.json")}
+    _set_param(repo, "data", "sead", 1)
+    done = subprocess.run(["make", "-o", ".venv/.installed", "repro"], cwd=repo, capture_output=True, text=True, env=child_env())
+    assert done.returncode == 2 and stages_run(done.stdout) == set()
+    gdpipe_lines = [line for line in done.stderr.splitlines() if line.startswith("gdpipe")]
+    assert gdpipe_lines == ["gdpipe: error: params.yaml: unknown key 'data.sead'; allowed here: n_samples, true_w, noise_std, seed, x_layout, x_low, x_high"]
+    assert {path: path.read_bytes() for path in outputs} == outputs
+
+
 def _dvc_stage_commands() -> dict[str, tuple[str, list[str]]]:
     """Each stage's command (with ${item.variant} filled in) and its declared deps."""
     spec = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())

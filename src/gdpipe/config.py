@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gdpipe.errors import InputError
+from gdpipe.errors import InputError, run_command
 
 Variant = Literal["numpy", "torch"]
 VARIANTS: tuple[Variant, ...] = ("numpy", "torch")
@@ -244,3 +244,20 @@ def _short(text: str, limit: int = 60) -> str:
 
 def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)
+
+
+def main(argv=None):
+    """`python -m gdpipe.config [params.yaml]`: check the whole file and say nothing if it is good.
+
+    `make repro` and `make check` run it before `dvc repro`: DVC removes the outputs of a stage
+    before running it, so a bad file found by the stage itself would cost them (until `dvc checkout`).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("params", nargs="?", default="params.yaml")
+    load(parser.parse_args(argv).params)
+
+
+if __name__ == "__main__":
+    run_command(main)
