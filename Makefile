@@ -58,13 +58,15 @@ ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host $(UI_HOST) --port $(UI_PORT) --workers 1
 
 # A learning-rate sweep as queued DVC experiments, two at a time; every run lands in mlruns/.
+# The table keeps what a sweep compares, the learning rate and each variant's final loss (none: it
+# diverged), within 80 columns.
 sweep: $(STAMP)
 	for lr in $(SWEEP_LRS); do $(BIN)/dvc exp run --queue -S train.lr=$$lr || exit 2; done
 	$(BIN)/dvc queue start -j 2
 	for i in $$(seq 900); do $(BIN)/dvc queue status | grep -qE 'Queued|Running' || break; sleep 2; done
 	$(BIN)/dvc queue status
 	! $(BIN)/dvc queue status | grep -qE 'Failed|Queued|Running'
-	$(BIN)/dvc exp show --no-pager --only-changed
+	$(BIN)/dvc exp show --no-pager --drop '.*' --keep 'Experiment|train\.lr|(numpy|torch)\.loss'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -188,6 +188,13 @@ def test_sweep_lands_every_queued_run_in_the_main_store(own_reproduced_repo):
         experiment = run.data.tags["dvc.exp_name"]
         assert run.info.run_name == f"{run.data.tags['variant']}-{experiment}" and run.data.tags["dvc.exp_baseline_rev"]
     assert not list((repo / ".dvc" / "tmp" / "exps").glob("*/mlruns/*.db")), "a queued run wrote to its temporary copy's store"
+    # The closing table: each experiment's learning rate and final losses, readable in 80 columns.
+    lines = done.stdout.splitlines()
+    start = max(index for index, line in enumerate(lines) if line.split()[:1] == ["Experiment"])
+    assert lines[start].split() == ["Experiment", "numpy.loss", "torch.loss", "train.lr"], lines[start]
+    rows = lines[start + 2 : -1]
+    assert sorted(row.split()[-1] for row in rows if "[" in row) == ["0.02", "0.05", "0.1"], rows
+    assert all(len(line) <= 80 for line in lines[start - 1 :])
 
 
 def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp_path):
