@@ -109,3 +109,18 @@ def test_wrong_arrays_are_rejected(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.arange(3.0), y=np.arange(3.0))
     with pytest.raises(InputError, match="must be non-empty float32 vectors"):
         data.load(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"data.true_w": 1e19}, r"y = true_w \* x \+ noise reaches 4e\+19 .* y\^2, the loss at w = 0, must fit float32 \(\|y\| < 1\.84e\+19\)"),
+        ({"data.x_layout": "uniform", "data.x_low": -1e20, "data.x_high": 1e20}, r"\|x\| reaches .*e\+19, and x\^2 must fit float32"),
+    ],
+)
+def test_data_whose_squares_overflow_float32_is_refused(params, overrides, message):
+    """Beyond sqrt(float32 max) the loss overflows before the first step, whatever the learning rate: refused, not 'diverged'."""
+    with pytest.raises(InputError, match=message):
+        data.generate(params(overrides).data)
+    edge = params({"data.true_w": 4.6e18}).data  # y up to 1.84e19 - a little: still trains
+    assert float(np.abs(data.generate(edge).y).max()) < data.SQUARE_SAFE

@@ -84,6 +84,17 @@ def test_both_variants_diverge_at_about_the_same_epoch(params, lr):
     assert abs(numpy_at - torch_at) <= max(2, 0.02 * torch_at), (numpy_at, torch_at)
 
 
+@pytest.mark.parametrize("variant", ["numpy", "torch"])
+def test_a_loss_beyond_float32_at_the_start_is_blamed_on_w_init_not_on_the_learning_rate(params, variant):
+    p = params({"train.w_init": 1e19})  # lr 0.01 is stable; (w_init * x - y)^2 is not a float32
+    dataset = data.generate(p.data)
+    history = training.train(variant, dataset, p.train)
+    assert history.diverged_at == 1
+    note = training.divergence_note(variant, history, dataset, p.train, p.data.x_layout)
+    assert note == (f"{variant} diverged at epoch 1: the loss at train.w_init = 1e+19 is already beyond float32's range, "
+                    "whatever the learning rate; start nearer the data (a smaller |train.w_init|).")
+
+
 def test_learning_rate_just_below_the_bound_converges(params):
     p = params({"train.lr": 0.13, "train.epochs": 2000})
     history = training.train("numpy", data.generate(p.data), p.train)

@@ -15,6 +15,9 @@ from gdpipe.files import atomic_write
 # Fixed zip timestamps: np.savez stamps the current time, so equal data would hash differently.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _NOISE_CHUNK = 1 << 20  # noise is drawn in chunks so memory stays close to the size of x and y
+# The largest |x| and |y| whose squares fit float32: beyond it the loss (and x * residual) overflows
+# before gradient descent has taken a step, whatever the learning rate.
+SQUARE_SAFE = float(np.sqrt(np.finfo(np.float32).max))
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,13 @@ def generate(params: DataParams) -> Dataset:
         raise InputError(f"data: x_high - x_low = {params.x_high - params.x_low:g} is beyond float32's range; narrow data.x_low .. data.x_high")
     if not np.any(x):
         raise InputError(f"data: every x is 0 in float32 (data.x_low = {params.x_low:g}, data.x_high = {params.x_high:g}), so w cannot be fitted; widen the range")
-    if not _all_finite(y):
+    if _max_abs(x) >= SQUARE_SAFE:
+        raise InputError(f"data: |x| reaches {_max_abs(x):.3g}, and x^2 must fit float32 (|x| < {SQUARE_SAFE:.3g}); narrow data.x_low .. data.x_high")
+    if not _all_finite(y) or _max_abs(y) >= SQUARE_SAFE:
         raise InputError(
-            f"data: y = true_w * x + noise overflows float32 (data.true_w = {params.true_w:g}, data.noise_std = {params.noise_std:g}, "
-            f"|x| up to {n if params.x_layout == 'grid' else max(abs(params.x_low), abs(params.x_high)):g}); use smaller values"
+            f"data: y = true_w * x + noise reaches {_max_abs(y):.3g} (data.true_w = {params.true_w:g}, data.noise_std = {params.noise_std:g}, "
+            f"|x| up to {n if params.x_layout == 'grid' else max(abs(params.x_low), abs(params.x_high)):g}), and y^2, the loss at w = 0, "
+            f"must fit float32 (|y| < {SQUARE_SAFE:.3g}); use smaller values"
         )
     return Dataset(x=x, y=y)
 
@@ -59,6 +65,11 @@ def generate(params: DataParams) -> Dataset:
 def _all_finite(a: np.ndarray) -> bool:
     """No NaN or infinity in `a`, checked chunk by chunk (no full-size temporary)."""
     return all(np.isfinite(a[start : start + _NOISE_CHUNK]).all() for start in range(0, a.size, _NOISE_CHUNK))
+
+
+def _max_abs(a: np.ndarray) -> float:
+    """The largest |value| in `a` (infinity if there is one), chunk by chunk."""
+    return max(float(np.abs(a[start : start + _NOISE_CHUNK]).max()) for start in range(0, a.size, _NOISE_CHUNK))
 
 
 def save(dataset: Dataset, path: str | Path) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import numpy as np
+
 from gdpipe.config import TrainParams, Variant
 from gdpipe.data import Dataset
 from gdpipe.history import History
-from gdpipe.linear import lr_bound
+from gdpipe.linear import lr_bound, mse, predict
 
 
 # glibc serves blocks over 32 MiB (its largest mmap threshold) from fresh mmaps and unmaps them
@@ -39,6 +41,13 @@ def train(variant: Variant, data: Dataset, params: TrainParams) -> History:
 
 def divergence_note(variant: Variant, history: History, data: Dataset, params: TrainParams, x_layout: str) -> str:
     """One line saying where training diverged and which learning rates are stable for this data."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        first_loss = mse(predict(np.float32(params.w_init), data.x), data.y)  # float32, as both variants compute it
+    if not np.isfinite(first_loss):
+        return (
+            f"{variant} diverged at epoch 1: the loss at train.w_init = {params.w_init:g} is already beyond float32's range, "
+            "whatever the learning rate; start nearer the data (a smaller |train.w_init|)."
+        )
     gradient = params.numpy.gradient if variant == "numpy" else "mean"
     bound = lr_bound(data.x, gradient)
     note = (
