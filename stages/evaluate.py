@@ -11,7 +11,7 @@ import argparse
 from gdpipe import config, data
 from gdpipe.errors import run_command
 from gdpipe.evaluate import evaluate
-from gdpipe.files import write_json
+from gdpipe.files import write_bytes, write_json
 from gdpipe.history import History
 from gdpipe.model import TrainedModel, train_outputs
 from gdpipe.plots import draw_curves
@@ -31,8 +31,9 @@ def main(argv=None):
     models = {variant: TrainedModel.load(model, variant) for variant, (model, _) in outputs.items()}
     histories = {variant: History.read_csv(history) for variant, (_, history) in outputs.items()}
     metrics = evaluate(data.load(args.data), models, histories, params)
+    png = draw_curves(histories, metrics["optimum"]["w_star"])  # the slow part, before either file is replaced
     write_json(args.out, metrics)
-    draw_curves(histories, args.plot, metrics["optimum"]["w_star"])
+    write_bytes(args.plot, png)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def write_bytes(path: str | Path, content: bytes) -> None:
+    """Write `content` atomically."""
+    with atomic_write(path, "wb") as handle:
+        handle.write(content)
+
+
 def write_json(path: str | Path, document: Any) -> None:
     """Write JSON atomically; refuse NaN and infinity, which are not results (and not JSON)."""
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"

@@ -20,7 +20,7 @@ from typing import Any
 from gdpipe import config
 from gdpipe.config import VARIANTS, Bound
 from gdpipe.errors import InputError, run_command
-from gdpipe.files import atomic_write, read_json
+from gdpipe.files import atomic_write, read_json, write_bytes
 
 EXIT_FAILED = 1
 BOTH = "both"  # the variant column of a metric that compares the variants (parity)
@@ -209,8 +209,7 @@ def copy_plot(plot: Path, report: Path) -> str | None:
     except OSError as err:
         raise InputError(f"{plot}: cannot read: {err}") from None
     target = report.with_suffix(".png")
-    with atomic_write(target, "wb") as handle:
-        handle.write(picture)
+    write_bytes(target, picture)
     return target.name
 
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
-from pathlib import Path
 
-from gdpipe.files import atomic_write
 from gdpipe.history import History
 
 COLORS = {"numpy": "tab:blue", "torch": "tab:orange"}
 
 
-def draw_curves(histories: Mapping[str, History], path: str | Path, w_star: float | None = None) -> None:
-    """Two panels, loss (log scale) and w, one line per variant; written atomically and reproducibly."""
+def draw_curves(histories: Mapping[str, History], w_star: float | None = None) -> bytes:
+    """Two panels, loss (log scale) and w, one line per variant, as PNG bytes: equal histories give equal bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,6 +39,7 @@ def draw_curves(histories: Mapping[str, History], path: str | Path, w_star: floa
     for axes in (loss_axes, w_axes):
         axes.grid(alpha=0.3)
         axes.legend()
-    with atomic_write(path, "wb") as handle:
-        # No "Software" stamp and no date: equal histories give byte-identical files.
-        figure.savefig(handle, format="png", metadata={"Software": None})
+    png = io.BytesIO()
+    # No "Software" stamp and no date: equal histories give byte-identical files.
+    figure.savefig(png, format="png", metadata={"Software": None})
+    return png.getvalue()
