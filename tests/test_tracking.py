@@ -124,18 +124,21 @@ def mlflow_server(tmp_path):
 
 
 def test_pipeline_publishes_to_a_real_tracking_server(reproduced_repo, mlflow_server):
-    """Complete runs on the server; a RUNNING run of the same result there may be another worker's, so it is left alone."""
+    """Complete runs on the server, in an experiment gdpipe makes there; a RUNNING run on a server may be
+    another worker's, being written, so publishing again leaves it alone."""
     local_before = len(all_runs(store_uri(reproduced_repo)))
-    client = MlflowClient(mlflow_server)
-    fingerprint = json.loads((reproduced_repo / "published.json").read_text())["numpy"]["fingerprint"]
-    in_progress = client.create_run(client.create_experiment("gradient-descent"), tags={"gdpipe.fingerprint": fingerprint}).info.run_id
-    done = dvc(reproduced_repo, "repro", "--force", "--single-item", "track", env=child_env(MLFLOW_TRACKING_URI=mlflow_server))
-    assert done.stdout.count("new run") == 2 and "marked KILLED" not in done.stdout
-    assert client.get_run(in_progress).info.status == "RUNNING"
-    runs = [run for run in all_runs(mlflow_server) if run.info.run_id != in_progress]
+    env = child_env(MLFLOW_TRACKING_URI=mlflow_server)
+    done = dvc(reproduced_repo, "repro", "--force", "--single-item", "track", env=env)
+    assert done.stdout.count("new run") == 2
+    runs = all_runs(mlflow_server)
     assert sorted(run.data.tags["variant"] for run in runs) == ["numpy", "torch"]
     for run in runs:
         assert_complete_run(mlflow_server, run, run.data.tags["variant"])
+    client = MlflowClient(mlflow_server)
+    in_progress = client.create_run(runs[0].info.experiment_id, tags={"gdpipe.fingerprint": "another worker's", "variant": "numpy"}).info.run_id
+    done = dvc(reproduced_repo, "repro", "--force", "--single-item", "track", env=env)
+    assert done.stdout.count("already published as run") == 2 and "marked KILLED" not in done.stdout
+    assert client.get_run(in_progress).info.status == "RUNNING"
     assert len(all_runs(store_uri(reproduced_repo))) == local_before  # nothing went to the local store
 
 
@@ -215,14 +218,21 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
     (run,) = all_runs(uri)
     assert run.info.status == "FAILED"
     assert str(err.value).endswith(f"; numpy run {run.info.run_id} marked FAILED")  # one line, said by the stage
-    # The failed run does not count as published: the next attempt makes a complete one.
+    # The failed run does not count as published: the next attempt makes a complete one. It also marks
+    # KILLED what a publisher killed with kill -9 left RUNNING (here: a numpy run of another result),
+    # and leaves alone runs that are not gdpipe's.
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("gradient-descent").experiment_id
+    abandoned = client.create_run(experiment_id, tags={"gdpipe.fingerprint": "another result", "variant": "numpy"}).info.run_id
+    not_ours = client.create_run(experiment_id, tags={"variant": "numpy"}).info.run_id
     record = build_record(
         params, read_json(repo / "metrics.json"), repo / "data/dataset.npz", "numpy", repo / "history/numpy.csv",
         repo / "models/numpy.json", repo / "metrics.json", (), {},
     )
     published = tracking.publish([record], data.load(repo / "data/dataset.npz"), "gradient-descent", uri)
-    assert published["numpy"]["created"] is True
-    assert sorted(run.info.status for run in all_runs(uri)) == ["FAILED", "FINISHED"]
+    assert published["numpy"]["created"] is True and published["numpy"]["abandoned_runs_killed"] == [abandoned]
+    assert client.get_run(abandoned).info.status == "KILLED" and client.get_run(not_ours).info.status == "RUNNING"
+    assert sorted(run.info.status for run in all_runs(uri)) == ["FAILED", "FINISHED", "KILLED", "RUNNING"]
 
 
 def test_credentials_in_the_uri_are_never_shown():

@@ -74,9 +74,9 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
-def _is_locked_store(uri: str) -> bool:
-    """Whether `store_lock` serialises the writers of this store (a sqlite file)."""
-    return uri.startswith("sqlite:///")
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite store (whose writers `store_lock` serialises); None for a server."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 @contextlib.contextmanager
@@ -85,10 +85,11 @@ def store_lock(uri: str) -> Iterator[None]:
 
     A server store needs no lock (the server serialises), so nothing is locked for it.
     """
-    if not _is_locked_store(uri):
+    database = _sqlite_file(uri)
+    if database is None:
         yield
         return
-    folder = Path(uri.removeprefix("sqlite:///")).parent
+    folder = database.parent
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".gdpipe.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -102,7 +103,8 @@ def publish(records: Sequence[RunRecord], dataset: Dataset, experiment: str, uri
     """Find or create each record's run.
 
     Returns variant -> {run_id, experiment_id, tracking_uri, created, abandoned_runs_killed}, the
-    last being the runs of the same result that a killed publisher had left RUNNING (sqlite only).
+    last being the variant's runs in this experiment that a killed publisher had left RUNNING
+    (sqlite only).
     """
     mlflow.set_tracking_uri(uri)
     published = {}
@@ -123,18 +125,19 @@ def publish(records: Sequence[RunRecord], dataset: Dataset, experiment: str, uri
 
 
 def _mark_abandoned_runs_killed(client: MlflowClient, experiment_id: str, record: RunRecord, uri: str) -> list[str]:
-    """Mark KILLED the runs of this result that are still RUNNING: a publisher killed with SIGKILL
-    (or a power cut) had no chance to mark them. Returns their ids.
+    """Mark KILLED this variant's gdpipe runs in the experiment that are still RUNNING: a publisher
+    killed with SIGKILL (or a power cut) had no chance to mark them. Returns their ids.
 
-    Only in a sqlite store, where publishers take turns under `store_lock`: while we hold it, nobody
-    is writing a run. A server has no such lock, and a RUNNING run there may be another worker's,
-    being written right now, so it is left alone.
+    Only in a sqlite store, where every gdpipe publisher takes its turn under `store_lock`: while we
+    hold it, none is writing a run. (One that wrote through an MLflow server on the same file would
+    bypass the lock; publish to the file, as `make repro` does.) A server has no such lock, and a
+    RUNNING run there may be another worker's, being written right now, so it is left alone.
     """
-    if not _is_locked_store(uri):
+    if _sqlite_file(uri) is None:
         return []
     with _uninterrupted(uri):
         abandoned = [run.info.run_id for run in client.search_runs(
-            [experiment_id], filter_string=f"tags.`{FINGERPRINT_TAG}` = '{record.fingerprint}' and attributes.status = 'RUNNING'"
+            [experiment_id], filter_string=f"tags.variant = '{record.variant}' and tags.`{FINGERPRINT_TAG}` LIKE '%' and attributes.status = 'RUNNING'"
         )]
         for run_id in abandoned:
             client.set_terminated(run_id, "KILLED")
@@ -152,7 +155,8 @@ def _open(name: str, uri: str) -> tuple[MlflowClient, str]:
             client = MlflowClient(uri)
             found = client.get_experiment_by_name(name)
             if found is None:
-                location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
+                database = _sqlite_file(uri)
+                location = (database.parent / "artifacts").as_uri() if database else None
                 return client, client.create_experiment(name, artifact_location=location)
             if found.lifecycle_stage == "deleted":
                 client.restore_experiment(found.experiment_id)
@@ -164,7 +168,7 @@ def _open(name: str, uri: str) -> tuple[MlflowClient, str]:
 def _uninterrupted(uri: str) -> contextlib.AbstractContextManager:
     """Hold Ctrl-C and kill during one call to a sqlite store: interrupted inside its transaction, the
     database stays locked and the run could not be marked KILLED. A server needs no such care."""
-    return signals_held() if uri.startswith("sqlite:") else contextlib.nullcontext()
+    return signals_held() if _sqlite_file(uri) else contextlib.nullcontext()
 
 
 def _first_line(err: BaseException, uri: str) -> str:
