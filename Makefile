@@ -32,7 +32,7 @@ venv: $(STAMP)
 repro: $(STAMP)
 	PYTHONPATH=src $(BIN)/python -m gdpipe.config params.yaml
 	$(BIN)/dvc repro
-	$(BIN)/python -m gdpipe.summary metrics.json
+	PYTHONPATH=src $(BIN)/python -m gdpipe.summary metrics.json
 	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)/#/experiments/1/runs?workflowType=machine_learning"
 
 # Two workers: most of the suite waits on real dvc, MLflow and server processes.

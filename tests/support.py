@@ -21,9 +21,9 @@ MAKE_ENV = {"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a child dvc or stage process: this venv first, no inherited DVC_ROOT or
-    tracking target, and the settings the Makefile exports."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING"))}
+    """The environment for a child dvc or stage process: this venv first, none of the caller's DVC
+    or MLflow settings (DVC_ROOT, a tracking server, timeouts), and the settings the Makefile exports."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
     return env | {"PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"} | MAKE_ENV | extra
 
 

@@ -32,11 +32,6 @@ import generate  # noqa: E402
 import train  # noqa: E402
 
 
-def load_params(argv: list[str]) -> None:
-    """What every stage does first with its --params: read and check the whole file."""
-    config.load(argv[argv.index("--params") + 1])
-
-
 def run_stage(main, argv: list[str]) -> tuple[int, str]:
     """A stage's exit code and stderr, run in this process the way its __main__ runs it."""
     err = io.StringIO()
@@ -167,7 +162,7 @@ def test_malformed_params_load_or_fail_with_one_line_naming_the_key(case):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "params.yaml"
         path.write_text(text)
-        code, stderr = run_stage(load_params, ["--params", str(path)])
+        code, stderr = run_stage(config.main, [str(path)])
         if code == 0:
             assert stderr == ""
             params = config.load(path)
@@ -401,19 +396,48 @@ def test_a_corrupt_input_between_stages_is_one_line_naming_the_file(workspace, t
     assert not [path for path in folder.rglob("*") if path.name.endswith(".tmp")]
 
 
-def test_models_and_histories_are_matched_by_variant_not_by_order(workspace, tmp_path, monkeypatch):
-    """evaluate pairs models/<variant>.json with history/<variant>.csv in any order; a missing or doubled variant is one line."""
+def test_evaluate_interrupted_while_drawing_keeps_both_previous_outputs(workspace, tmp_path, monkeypatch):
+    """The plot (most of the stage's time) is drawn before either file is replaced: Ctrl-C then leaves both as they were."""
     import shutil
 
     folder = tmp_path / "ws"
     shutil.copytree(workspace, folder)
     monkeypatch.chdir(folder)
-    swapped = [*EVALUATE_ARGS]
+    before = {name: (folder / name).read_bytes() for name in EVALUATE_OUTS}
+    text = (folder / "params.yaml").read_text()
+    assert text.count("  x: 5.0\n") == 1
+    (folder / "params.yaml").write_text(text.replace("  x: 5.0\n", "  x: 7.0\n"))  # a new result, had it got that far
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "draw_curves", interrupted)
+    code, stderr = run_stage(evaluate.main, EVALUATE_ARGS)
+    assert code == 130 and stderr == "gdpipe: interrupted (SIGINT); no output was half-written\n"
+    assert {name: (folder / name).read_bytes() for name in EVALUATE_OUTS} == before
+
+
+def test_models_and_histories_are_matched_by_variant_not_by_order(tmp_path, monkeypatch):
+    """evaluate pairs models/<variant>.json with history/<variant>.csv in any order; a missing or doubled variant is one line."""
+    from gdpipe.model import train_outputs
+
+    # The lesson's summed gradient: the two variants' trajectories differ, so a mix-up would show.
+    folder = build_workspace(tmp_path / "ws", {"train.numpy.gradient": "sum", "train.epochs": 5})
+    monkeypatch.chdir(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["numpy"]["w"] != metrics["torch"]["w"] and metrics["numpy"]["loss"] != metrics["torch"]["loss"]
+    swapped = [*EVALUATE_ARGS]  # the histories in the other order than the models
     start = swapped.index("--histories") + 1
     swapped[start : start + 2] = ["history/torch.csv", "history/numpy.csv"]
     swapped[swapped.index("--out") + 1] = "swapped.json"
     assert run_stage(evaluate.main, swapped) == (0, "")
-    assert (folder / "swapped.json").read_bytes() == (workspace / "metrics.json").read_bytes()
+    assert (folder / "swapped.json").read_bytes() == (folder / "metrics.json").read_bytes()
+    assert train_outputs(["m/torch.json", "m/numpy.json"], ["h/numpy.csv", "h/torch.csv"]) == {
+        "numpy": (Path("m/numpy.json"), Path("h/numpy.csv")), "torch": (Path("m/torch.json"), Path("h/torch.csv"))}
+    from gdpipe.errors import InputError
+
+    with pytest.raises(InputError, match="expected one <variant>.json model"):  # --models and --histories swapped
+        train_outputs(["h/numpy.csv", "h/torch.csv"], ["m/numpy.json", "m/torch.json"])
 
     doubled = [*EVALUATE_ARGS]
     doubled[doubled.index("models/torch.json")] = "models/numpy.json"
@@ -927,7 +951,7 @@ def test_a_yaml_tag_that_would_run_code_is_refused_and_never_runs(tmp_path):
     for tag in ("!!python/object/apply:os.system", "!!python/object/apply:subprocess.call", "!!python/object/new:os.system"):
         params = tmp_path / "params.yaml"
         params.write_text((REPO / "params.yaml").read_text().replace("experiment: gradient-descent", f"experiment: {tag} [touch {marker}]"))
-        code, stderr = run_stage(load_params, ["--params", str(params)])
+        code, stderr = run_stage(config.main, [str(params)])
         assert code == 2 and not marker.exists()
         assert_one_error_line(stderr, str(params), "could not determine a constructor for the tag")
 

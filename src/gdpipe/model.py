@@ -68,8 +68,10 @@ def train_outputs(model_paths: Sequence[str | Path], history_paths: Sequence[str
     """
     models = {Path(path).stem: Path(path) for path in model_paths}
     histories = {Path(path).stem: Path(path) for path in history_paths}
-    # Exactly one file of each kind per variant: as many paths as variants, and every variant named.
-    if not len(model_paths) == len(history_paths) == len(VARIANTS) or set(models) != set(VARIANTS) or set(histories) != set(VARIANTS):
+    # Exactly one file of each kind per variant: as many paths as variants, every variant named, and
+    # each kind by its extension (--models and --histories swapped would otherwise fail as bad JSON).
+    kinds_right = all(Path(path).suffix == ".json" for path in model_paths) and all(Path(path).suffix == ".csv" for path in history_paths)
+    if not len(model_paths) == len(history_paths) == len(VARIANTS) or set(models) != set(VARIANTS) or set(histories) != set(VARIANTS) or not kinds_right:
         given = ", ".join(str(path) for path in (*model_paths, *history_paths)) or "none"
         raise InputError(f"expected one <variant>.json model and one <variant>.csv history for each of {', '.join(VARIANTS)}; got {given}")
     return {variant: (models[variant], histories[variant]) for variant in VARIANTS}
