@@ -197,7 +197,7 @@ def test_sweep_lands_every_queued_run_in_the_main_store(own_reproduced_repo):
     assert lines[start].split() == ["Experiment", "numpy.loss", "torch.loss", "train.lr"], lines[start]
     rows = lines[start + 2 : -1]
     assert sorted(row.split()[-1] for row in rows if "[" in row) == ["0.02", "0.05", "0.1"], rows
-    assert all(len(line) <= 80 for line in lines[start - 1 :])
+    assert [line for line in [lines[start], *rows] if len(line) > 80] == []
 
 
 def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp_path):
