@@ -124,3 +124,11 @@ def test_data_whose_squares_overflow_float32_is_refused(params, overrides, messa
         data.generate(params(overrides).data)
     edge = params({"data.true_w": 4.6e18}).data  # y up to 1.84e19 - a little: still trains
     assert float(np.abs(data.generate(edge).y).max()) < data.SQUARE_SAFE
+
+
+def test_the_overflow_check_sees_nan_and_infinity_in_any_chunk():
+    """generate's checks rest on the largest |value|: a NaN or infinity in a late chunk must not hide behind finite ones."""
+    values = np.ones(3 * (1 << 20) + 5, dtype=np.float32)
+    for bad in (np.nan, np.inf):
+        values[-1] = bad
+        assert not data._max_abs(values) < data.SQUARE_SAFE

@@ -47,15 +47,18 @@ def generate(params: DataParams) -> Dataset:
             for start in range(0, n, _NOISE_CHUNK):
                 chunk = y[start : start + _NOISE_CHUNK]
                 chunk += np.float32(params.noise_std) * noise_stream.standard_normal(chunk.size, dtype=np.float32)
-    if not _all_finite(x):
+    # The largest magnitude (NaN or infinity if there is one) tells both whether x and y overflowed
+    # and whether their squares fit float32.
+    largest_x, largest_y = _max_abs(x), _max_abs(y)
+    if not np.isfinite(largest_x):
         raise InputError(f"data: x_high - x_low = {params.x_high - params.x_low:g} is beyond float32's range; narrow data.x_low .. data.x_high")
-    if not np.any(x):
+    if largest_x == 0:
         raise InputError(f"data: every x is 0 in float32 (data.x_low = {params.x_low:g}, data.x_high = {params.x_high:g}), so w cannot be fitted; widen the range")
-    if _max_abs(x) >= SQUARE_SAFE:
-        raise InputError(f"data: |x| reaches {_max_abs(x):.3g}, and x^2 must fit float32 (|x| < {SQUARE_SAFE:.3g}); narrow data.x_low .. data.x_high")
-    if not _all_finite(y) or _max_abs(y) >= SQUARE_SAFE:
+    if largest_x >= SQUARE_SAFE:
+        raise InputError(f"data: |x| reaches {largest_x:.3g}, and x^2 must fit float32 (|x| < {SQUARE_SAFE:.3g}); narrow data.x_low .. data.x_high")
+    if not largest_y < SQUARE_SAFE:  # NaN or infinity too
         raise InputError(
-            f"data: y = true_w * x + noise reaches {_max_abs(y):.3g} (data.true_w = {params.true_w:g}, data.noise_std = {params.noise_std:g}, "
+            f"data: y = true_w * x + noise reaches {largest_y:.3g} (data.true_w = {params.true_w:g}, data.noise_std = {params.noise_std:g}, "
             f"|x| up to {n if params.x_layout == 'grid' else max(abs(params.x_low), abs(params.x_high)):g}), and y^2, the loss at w = 0, "
             f"must fit float32 (|y| < {SQUARE_SAFE:.3g}); use smaller values"
         )
@@ -68,8 +71,8 @@ def _all_finite(a: np.ndarray) -> bool:
 
 
 def _max_abs(a: np.ndarray) -> float:
-    """The largest |value| in `a` (infinity if there is one), chunk by chunk."""
-    return max(float(np.abs(a[start : start + _NOISE_CHUNK]).max()) for start in range(0, a.size, _NOISE_CHUNK))
+    """The largest |value| in `a`, chunk by chunk: NaN if there is one, else infinity if there is one."""
+    return float(np.max([np.abs(a[start : start + _NOISE_CHUNK]).max() for start in range(0, a.size, _NOISE_CHUNK)]))  # np.max keeps NaN
 
 
 def save(dataset: Dataset, path: str | Path) -> None:
