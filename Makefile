@@ -18,7 +18,7 @@ UI_HOST ?= 127.0.0.1
 UI_PORT ?= 5000
 SWEEP_LRS ?= 0.001 0.01 0.1
 
-.PHONY: repro test check bench ui sweep venv clean
+.PHONY: pipeline repro test check bench ui sweep venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# A bad params.yaml stops at the first line, in one line, before DVC removes any stage's outputs.
-repro: $(STAMP)
+# The pipeline, for repro and check: a bad params.yaml stops at the first line, in one line,
+# before DVC removes any stage's outputs.
+pipeline: $(STAMP)
 	PYTHONPATH=src $(BIN)/python -m gdpipe.config params.yaml
 	$(BIN)/dvc repro
+
+repro: pipeline
 	PYTHONPATH=src $(BIN)/python -m gdpipe.summary metrics.json
 	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)/#/experiments/1/runs?workflowType=machine_learning"
 
@@ -41,9 +44,7 @@ test: $(STAMP)
 
 # The gate runs this checkout's src/ (PYTHONPATH), as the stages do, also from a git worktree.
 # It prints the table and writes reports/check.md with reports/check.png; bounds: params.yaml thresholds.
-check: $(STAMP)
-	PYTHONPATH=src $(BIN)/python -m gdpipe.config params.yaml
-	$(BIN)/dvc repro
+check: pipeline
 	PYTHONPATH=src $(BIN)/python -m gdpipe.gate --params params.yaml --metrics metrics.json \
 		--plot plots/curves.png --report reports/check.md
 
