@@ -31,7 +31,7 @@ venv: $(STAMP)
 # The pipeline, for repro and check: a bad params.yaml stops at the first line, in one line,
 # before DVC removes any stage's outputs.
 pipeline: $(STAMP)
-	PYTHONPATH=src $(BIN)/python -m gdpipe.config params.yaml
+	PYTHONPATH=src $(BIN)/python -m gdpipe.core.config params.yaml
 	$(BIN)/dvc repro
 
 repro: pipeline

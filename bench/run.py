@@ -62,11 +62,12 @@ def kernel_child(variant: str, sizes: list[int], repeats: int) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(SRC))
-    from gdpipe import config, data
+    from gdpipe.core import config
+    from gdpipe.data import generate
 
     results = {}
     for n in sizes:
-        dataset = data.generate(config.DataParams(n_samples=n, true_w=2.0, noise_std=0.1, seed=0, x_layout="uniform", x_low=-1.0, x_high=1.0))
+        dataset = generate(config.DataParams(n_samples=n, true_w=2.0, noise_std=0.1, seed=0, x_layout="uniform", x_low=-1.0, x_high=1.0))
         x, y = dataset.x, dataset.y
         epochs = max(3, min(200, int(3e7 // n)))
         run = _epochs_runner(variant, dataset, epochs)
@@ -90,13 +91,14 @@ def _epochs_runner(variant: str, dataset, epochs: int):
 
     lr = 0.1
     if variant in ("numpy", "torch"):
-        from gdpipe import config, training
+        from gdpipe import train
+        from gdpipe.core import config
 
         params = config.TrainParams(
             lr=lr, epochs=epochs, w_init=0.0, log_every=1, numpy=config.NumpyParams(gradient="mean"), torch=config.TorchParams(device="cpu")
         )
-        train = training.trainer_for(variant, dataset.x.nbytes)  # as the train stage calls it
-        return lambda: train(dataset, params)
+        train.stepper_class(variant, dataset.x.nbytes)  # imports torch, as the train stage does before its clock starts
+        return lambda: train.train(variant, dataset, params)
     if variant == "tutorial-numpy":
         # The lesson's NumPy cell, with its gradient made the mean (its sum diverges at large N).
         X, Y = dataset.x, dataset.y
@@ -189,15 +191,20 @@ def bench_publish(quick: bool, work: Path) -> dict:
     repeats = 2 if quick else 3
     sys.path.insert(0, str(SRC))
     os.environ.update(MAKE_ENV)  # both sides run with the settings `make` exports
-    from gdpipe import config, data, tracking, training
-    from gdpipe.record import RunRecord
     from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from gdpipe.core import config
+    from gdpipe.data import generate
+    from gdpipe.track import publish
+    from gdpipe.track.record import RunRecord
+    from gdpipe.train import train
 
     params = config.load(write_params(work / "publish-params.yaml", **{"train.epochs": epochs}))
-    dataset = data.generate(params.data)
+    dataset = generate(params.data)
     records = []
     for variant in config.VARIANTS:
-        history = training.train(variant, dataset, params.train)
+        history = train(variant, dataset, params.train)
         records.append(RunRecord(variant=variant, name=variant, fingerprint="", params={}, tags={}, history=history,
                                  final_metrics={"prediction": 10.0}, model_path=Path(), has_model=False, started_ms=1, finished_ms=2,
                                  dataset_path=Path(), dataset_sha256="", artifacts=()))
@@ -205,7 +212,12 @@ def bench_publish(quick: bool, work: Path) -> dict:
     (work / "publish").mkdir()
     client = MlflowClient(uri)
     experiment = client.create_experiment("bench", artifact_location=(work / "publish" / "artifacts").as_uri())
-    bare_metrics = {record.variant: tracking._metrics(record) for record in records}
+    # What a user would send by hand: the same values, steps and one timestamp, as plain Metric objects.
+    bare_metrics = {
+        record.variant: [Metric(key, value, 1, int(epoch)) for epoch, w, loss in zip(record.history.epoch, record.history.w, record.history.loss)
+                         for key, value in (("w", float(w)), ("loss", float(loss)))] + [Metric("prediction", 10.0, 2, epochs)]
+        for record in records
+    }
     ratios = []
     say(f"publish: {epochs} epochs x {len(records)} variants, {repeats} repeats")
     for repeat in range(repeats):
@@ -216,7 +228,7 @@ def bench_publish(quick: bool, work: Path) -> dict:
                 run_id = client.create_run(experiment).info.run_id
                 start = time.perf_counter()
                 if side == "gdpipe":
-                    tracking.log_metrics(client, run_id, record)
+                    publish.log_metrics(client, run_id, record)
                 else:
                     client.log_batch(run_id, metrics=bare_metrics[record.variant])
                 spent[side] += time.perf_counter() - start

@@ -8,13 +8,11 @@ optimum, and draw loss and w per epoch of both into one PNG (dvc plots show need
 
 import argparse
 
-from gdpipe import config, data
-from gdpipe.errors import run_command
-from gdpipe.evaluate import evaluate
-from gdpipe.files import write_bytes, write_json
-from gdpipe.history import History
-from gdpipe.model import TrainedModel, train_outputs
-from gdpipe.plots import draw_curves
+from gdpipe.core import config
+from gdpipe.core.artifacts import Dataset, History, TrainedModel, train_outputs
+from gdpipe.core.command import run_command
+from gdpipe.core.files import write_bytes, write_json
+from gdpipe.evaluate import draw_curves, evaluate
 
 
 def main(argv=None):
@@ -30,7 +28,7 @@ def main(argv=None):
     outputs = train_outputs(args.models, args.histories)
     models = {variant: TrainedModel.load(model, variant) for variant, (model, _) in outputs.items()}
     histories = {variant: History.read_csv(history) for variant, (_, history) in outputs.items()}
-    metrics = evaluate(data.load(args.data), models, histories, params)
+    metrics = evaluate(Dataset.load(args.data), models, histories, params)
     png = draw_curves(histories, metrics["optimum"]["w_star"])  # the slow part, before either file is replaced
     write_json(args.out, metrics)
     write_bytes(args.plot, png)

@@ -5,8 +5,9 @@
 
 import argparse
 
-from gdpipe import config, data
-from gdpipe.errors import run_command
+from gdpipe.core import config
+from gdpipe.core.command import run_command
+from gdpipe.data import generate
 
 
 def main(argv=None):
@@ -15,7 +16,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="the .npz to write (x and y, float32)")
     args = parser.parse_args(argv)
     params = config.load(args.params)
-    data.save(data.generate(params.data), args.out)
+    generate(params.data).save(args.out)
 
 
 if __name__ == "__main__":

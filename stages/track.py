@@ -8,11 +8,11 @@
 import argparse
 from pathlib import Path
 
-from gdpipe import config, data
-from gdpipe.errors import run_command
-from gdpipe.files import read_json, write_json
-from gdpipe.model import train_outputs
-from gdpipe.record import build_record, lineage_tags
+from gdpipe.core import config
+from gdpipe.core.artifacts import Dataset, train_outputs
+from gdpipe.core.command import run_command
+from gdpipe.core.files import read_json, write_json
+from gdpipe.track.record import build_record, lineage_tags
 
 
 def main(argv=None):
@@ -33,16 +33,18 @@ def main(argv=None):
         build_record(params, metrics, Path(args.data), variant, history, model, Path(args.metrics), (Path(args.plot), Path(args.params)), lineage)
         for variant, (model, history) in train_outputs(args.models, args.histories).items()
     ]
-    from gdpipe import tracking  # only now: mlflow takes a second to import, bad input fails before it
+    from gdpipe.track import publish  # only now: mlflow takes a second to import, bad input fails before it
 
-    uri = tracking.tracking_uri(tracking.repo_root())
-    published = tracking.publish(records, data.load(args.data), params.track.experiment, uri)
+    uri = publish.tracking_uri(publish.repo_root())
+    published = publish.publish(records, Dataset.load(args.data), params.track.experiment, uri)
     write_json(args.runs, published)
-    write_json(args.published, {record.variant: {"fingerprint": record.fingerprint, "experiment": params.track.experiment} for record in records})
+    experiment = params.track.experiment
+    write_json(args.published, {record.variant: {"fingerprint": record.fingerprint, "experiment": experiment} for record in records})
     for variant, run in published.items():
         for run_id in run["abandoned_runs_killed"]:
             print(f"{variant}: run {run_id} was left RUNNING by a publisher that was killed; marked KILLED")
-        print(f"{variant}: {'new run' if run['created'] else 'already published as run'} {run['run_id']} ({params.track.experiment} at {run['tracking_uri']})")
+        found = "new run" if run["created"] else "already published as run"
+        print(f"{variant}: {found} {run['run_id']} ({experiment} at {run['tracking_uri']})")
 
 
 if __name__ == "__main__":

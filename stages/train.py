@@ -8,10 +8,10 @@ import argparse
 import sys
 import time
 
-from gdpipe import config, data, training
-from gdpipe.errors import run_command
-from gdpipe.history import write_timing
-from gdpipe.model import TrainedModel
+from gdpipe.core import config
+from gdpipe.core.artifacts import Dataset, TrainedModel, write_timing
+from gdpipe.core.command import run_command
+from gdpipe.train import divergence_note, stepper_class, train
 
 
 def main(argv=None):
@@ -23,17 +23,18 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="the JSON to write: the final w")
     args = parser.parse_args(argv)
     params = config.load(args.params)
-    dataset = data.load(args.data)
-    train = training.trainer_for(args.variant, dataset.x.nbytes)  # imports torch before the clock starts
+    dataset = Dataset.load(args.data)
+    stepper_class(args.variant, dataset.x.nbytes)  # imports torch now, so that the clock times training alone
     started_ms = time.time_ns() // 1_000_000
-    history = train(dataset, params.train)
+    history = train(args.variant, dataset, params.train)
     finished_ms = time.time_ns() // 1_000_000
     history.write_csv(args.history)
     TrainedModel.from_history(args.variant, history).save(args.model)
     write_timing(args.history, started_ms, finished_ms)  # for MLflow only: times stay out of DVC's outputs
     if history.diverged_at:
         # Recorded, not fatal: a learning-rate sweep should still show this run; the gate rejects it.
-        print(f"gdpipe: warning: {training.divergence_note(args.variant, history, dataset, params.train, params.data.x_layout)}", file=sys.stderr)
+        note = divergence_note(args.variant, history, dataset, params.train, params.data.x_layout)
+        print(f"gdpipe: warning: {note}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared fixtures: validated params and reproduced copies of the repo; the plain helpers live in support.py."""
+"""Shared fixtures: validated params, finished workspaces and reproduced copies of the repo, and a
+reaper for child processes. The plain helpers live in support.py."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from gdpipe import config
-from support import REPO, VENV_BIN, child_env, copy_repo, load_default_params, with_overrides, write_yaml  # noqa: F401  (the tests import them from here)
+from gdpipe.core import config
+from support import VENV_BIN, build_workspace, child_env, copy_repo, load_default_params, with_overrides
 
 
 @pytest.fixture
 def params():
-    """The repository's validated params, with `params(**{"train.lr": 0.1})` for a variation."""
+    """The repository's validated params, with `params({"train.lr": 0.1})` for a variation."""
 
     def make(overrides: dict[str, object] | None = None) -> config.Params:
         return config.Params.model_validate(with_overrides(load_default_params(), overrides or {}))
@@ -52,3 +53,27 @@ def own_reproduced_repo(reproduced_repo, tmp_path) -> Path:
     shutil.rmtree(repo / "mlruns")
     (repo / "mlruns").mkdir()
     return repo
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    """Finished outputs of generate, train and evaluate for the lesson's params, made in this process
+    (shared: tests copy it before changing anything)."""
+    return build_workspace(tmp_path_factory.mktemp("workspace") / "ws")
+
+
+@pytest.fixture
+def own_workspace(workspace, tmp_path) -> Path:
+    """A private copy of `workspace`."""
+    return Path(shutil.copytree(workspace, tmp_path / "ws"))
+
+
+@pytest.fixture
+def reaper():
+    """Processes a test starts; any still running when the test ends (it failed half-way) is killed."""
+    processes = []
+    yield processes.append
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

@@ -1,30 +1,36 @@
-"""Throwaway copies of the repository, child environments and params files with overrides.
-
-Plain functions (no pytest), shared by the tests (through conftest.py) and by `make bench`.
+"""Plain helpers (no pytest) shared by the tests, through conftest.py, and by `make bench`:
+throwaway copies of the repository, params files with overrides, child processes and their
+environments, the stages run in this process, and a look into a sqlite MLflow store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib.util
+import io
 import os
 import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import ModuleType
 
 from ruamel.yaml import YAML
+
+from gdpipe.core.command import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 # What the Makefile exports, so that tests and benchmarks run as `make` runs.
 MAKE_ENV = {"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+VARIANTS = ("numpy", "torch")
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a child dvc or stage process: this venv first, none of the caller's DVC
-    or MLflow settings (DVC_ROOT, a tracking server, timeouts), and the settings the Makefile exports."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    return env | {"PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"} | MAKE_ENV | extra
+# --- the repository and its params -------------------------------------------------------------
 
 
 def copy_repo(destination: Path) -> Path:
@@ -74,3 +80,145 @@ def write_yaml(path: Path, document: object) -> Path:
     with path.open("w") as handle:
         yaml.dump(document, handle)
     return path
+
+
+# --- child processes ---------------------------------------------------------------------------
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child dvc or stage process: this venv first, none of the caller's DVC
+    or MLflow settings (DVC_ROOT, a tracking server, timeouts), and the settings the Makefile exports."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_", "GDPIPE_"))}
+    return env | {"PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"} | MAKE_ENV | extra
+
+
+def src_env(**extra: str) -> dict[str, str]:
+    """A child process's environment that imports this checkout's src/ (never another checkout's install)."""
+    return child_env(**({"PYTHONPATH": str(REPO / "src")} | extra))
+
+
+def wait_for(condition, process: subprocess.Popen, seconds: float = 60, what: str = "") -> None:
+    """Poll `condition` until it holds, while `process` is still running."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, f"the process ended ({process.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (once the probe is closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_server(url: str, process: subprocess.Popen, log: Path, seconds: float = 60) -> None:
+    """Wait until `url`/health answers 200; fail with the server's log if it exits first."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"server at {url} did not start")
+
+
+# A test hook, installed as sitecustomize in a child: it touches a file when training starts, so a
+# signal can be sent while the process is certainly inside training.
+TRAINING_STARTED_HOOK = '''
+import os
+from pathlib import Path
+
+if os.environ.get("GDPIPE_TEST_TRAINING_STARTED"):
+    import gdpipe.train
+
+    _train = gdpipe.train.train
+
+    def _announcing_train(*args, **kwargs):
+        Path(os.environ["GDPIPE_TEST_TRAINING_STARTED"]).touch()
+        return _train(*args, **kwargs)
+
+    gdpipe.train.train = _announcing_train
+'''
+
+
+# --- the stages, run in this process -----------------------------------------------------------
+
+
+def stage(name: str) -> ModuleType:
+    """stages/<name>.py as a module (imported once), to call its main or patch what it uses."""
+    module_name = f"stage_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, REPO / "stages" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+def run_stage(main, argv: list[str]) -> tuple[int, str]:
+    """A stage's exit code and stderr, run in this process the way its __main__ runs it."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = run_main(main, argv)
+    return code, err.getvalue()
+
+
+def assert_one_error_line(stderr: str, *names: str) -> None:
+    """Exactly one line, `gdpipe: error: ...`, that mentions every one of `names`; never a traceback."""
+    assert stderr.startswith("gdpipe: error: ") and stderr.count("\n") == 1 and stderr.endswith("\n"), stderr[:2000]
+    assert "Traceback" not in stderr
+    for name in names:
+        assert name in stderr, (name, stderr[:2000])
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
+TRAIN_ARGS = ["--variant", "numpy", "--params", "params.yaml", "--data", "data/dataset.npz",
+              "--history", "history/numpy.csv", "--model", "models/numpy.json"]  # fmt: skip
+EVALUATE_ARGS = ["--params", "params.yaml", "--data", "data/dataset.npz", "--models", "models/numpy.json", "models/torch.json",
+                 "--histories", "history/numpy.csv", "history/torch.csv", "--out", "metrics.json", "--plot", "plots/curves.png"]  # fmt: skip
+EVALUATE_OUTS = ["metrics.json", "plots/curves.png"]
+TRACK_ARGS = ["--params", "params.yaml", "--data", "data/dataset.npz", "--histories", "history/numpy.csv", "history/torch.csv",
+              "--models", "models/numpy.json", "models/torch.json", "--metrics", "metrics.json", "--plot", "plots/curves.png",
+              "--published", "published.json", "--runs", "runs.json"]  # fmt: skip
+
+
+def build_workspace(folder: Path, overrides: dict | None = None) -> Path:
+    """The outputs of generate, train and evaluate for the repository's params (with overrides), made in this process."""
+    folder.mkdir(parents=True, exist_ok=True)
+    params = write_yaml(folder / "params.yaml", with_overrides(load_default_params(), overrides or {}))
+    steps = [(stage("generate").main, ["--params", str(params), "--out", "data/dataset.npz"])]
+    for variant in VARIANTS:
+        argv = ["--variant", variant, "--params", str(params), "--data", "data/dataset.npz",
+                "--history", f"history/{variant}.csv", "--model", f"models/{variant}.json"]  # fmt: skip
+        steps.append((stage("train").main, argv))
+    steps.append((stage("evaluate").main, EVALUATE_ARGS))
+    with contextlib.chdir(folder):
+        for main, argv in steps:
+            code, stderr = run_stage(main, argv)
+            assert code == 0, stderr
+    return folder
+
+
+# --- a sqlite MLflow store, read directly ------------------------------------------------------
+
+
+def runs_in_store(db: Path) -> list[tuple[str, str]]:
+    """(run id, status) of every run in a sqlite store, read directly (nothing when the store is not made yet)."""
+    if not db.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)) as connection:
+            return connection.execute("SELECT run_uuid, status FROM runs").fetchall()
+    except sqlite3.OperationalError:  # the tables are being created, or a writer holds the lock
+        return []

@@ -1,41 +1,17 @@
-"""The data set: layouts, reproducibility to the byte, memory at scale, corrupt files."""
+"""generate: the lesson's grid and the uniform layout, noise, memory at scale, data whose squares overflow float32."""
 
 from __future__ import annotations
 
-import hashlib
-import resource
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO, child_env, load_default_params, with_overrides, write_yaml
 from gdpipe import data
-from gdpipe.errors import InputError
-
-
-def sha256(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def test_same_params_give_a_byte_identical_file(tmp_path, params):
-    p = params({"data.noise_std": 0.3, "data.n_samples": 1000})
-    data.save(data.generate(p.data), tmp_path / "a.npz")
-    data.save(data.generate(p.data), tmp_path / "b.npz")
-    assert sha256(tmp_path / "a.npz") == sha256(tmp_path / "b.npz")
-    other = params({"data.noise_std": 0.3, "data.n_samples": 1000, "data.seed": 1})
-    data.save(data.generate(other.data), tmp_path / "c.npz")
-    assert sha256(tmp_path / "c.npz") != sha256(tmp_path / "a.npz")
-
-
-def test_saved_file_loads_back_exactly(tmp_path, params):
-    generated = data.generate(params({"data.noise_std": 1.0, "data.n_samples": 100}).data)
-    data.save(generated, tmp_path / "d.npz")
-    loaded = data.load(tmp_path / "d.npz")
-    assert np.array_equal(loaded.x, generated.x) and np.array_equal(loaded.y, generated.y)
-    with np.load(tmp_path / "d.npz") as plain:  # an ordinary .npz for any NumPy user
-        assert sorted(plain.files) == ["x", "y"] and plain["x"].dtype == np.float32
+from gdpipe.core.artifacts import Dataset
+from gdpipe.core.command import InputError
+from support import REPO, child_env, load_default_params, with_overrides, write_yaml
 
 
 def test_uniform_layout_and_noise(params):
@@ -74,41 +50,8 @@ def test_ten_million_points_use_memory_close_to_the_arrays(tmp_path):
     peak = _peak_rss_of_generate(tmp_path, n)
     arrays = 2 * 4 * n  # x and y, float32
     assert peak - baseline < 1.25 * arrays, f"{(peak - baseline) / arrays:.2f}x the arrays"
-    loaded = data.load(tmp_path / f"d{n}.npz")
+    loaded = Dataset.load(tmp_path / f"d{n}.npz")
     assert loaded.x.size == n
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        (b"", "not a readable data set"),
-        (b"PK\x03\x04 truncated", "not a readable data set"),
-    ],
-)
-def test_corrupt_dataset_is_one_line_naming_the_file(tmp_path, content, message):
-    (tmp_path / "d.npz").write_bytes(content)
-    with pytest.raises(InputError, match=message) as err:
-        data.load(tmp_path / "d.npz")
-    assert str(tmp_path / "d.npz") in str(err.value) and "\n" not in str(err.value)
-
-
-def test_truncated_dataset_is_rejected(tmp_path, params):
-    data.save(data.generate(params({"data.n_samples": 10_000}).data), tmp_path / "d.npz")
-    whole = (tmp_path / "d.npz").read_bytes()
-    (tmp_path / "d.npz").write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(InputError, match="not a readable data set"):
-        data.load(tmp_path / "d.npz")
-
-
-def test_missing_dataset_says_how_to_make_it(tmp_path):
-    with pytest.raises(InputError, match=r"no such file \(run the generate stage: dvc repro\)"):
-        data.load(tmp_path / "nope.npz")
-
-
-def test_wrong_arrays_are_rejected(tmp_path):
-    np.savez(tmp_path / "d.npz", x=np.arange(3.0), y=np.arange(3.0))
-    with pytest.raises(InputError, match="must be non-empty float32 vectors"):
-        data.load(tmp_path / "d.npz")
 
 
 @pytest.mark.parametrize(

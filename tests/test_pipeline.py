@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +15,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from conftest import REPO, child_env, dvc, stages_run
+from conftest import dvc, stages_run
+from support import REPO, TRAINING_STARTED_HOOK, VENV_BIN, child_env, wait_for
 
 ALL_STAGES = {"generate", "train@numpy", "train@torch", "evaluate", "track"}
 
@@ -69,7 +73,7 @@ def test_repro_reruns_exactly_what_a_change_touches(own_reproduced_repo):
     _set_param(repo, "train", "learning_rate", 0.5)
     done = dvc(repo, "repro", check=False)
     assert done.returncode != 0 and stages_run(done.stdout) == {"track"}
-    assert "gdpipe: error: params.yaml: unknown key 'train.learning_rate'; allowed here: lr, epochs" in done.stderr + done.stdout
+    assert "gdpipe: error: params.yaml: unknown key 'train.learning_rate' (allowed here: lr, epochs" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr + done.stdout
 
 
@@ -81,7 +85,7 @@ def test_make_repro_stops_a_bad_params_file_before_dvc_touches_any_output(own_re
     done = subprocess.run(["make", "-o", ".venv/.installed", "repro"], cwd=repo, capture_output=True, text=True, env=child_env())
     assert done.returncode == 2 and stages_run(done.stdout) == set()
     gdpipe_lines = [line for line in done.stderr.splitlines() if line.startswith("gdpipe")]
-    assert gdpipe_lines == ["gdpipe: error: params.yaml: unknown key 'data.sead'; allowed here: n_samples, true_w, noise_std, seed, x_layout, x_low, x_high"]
+    assert gdpipe_lines == ["gdpipe: error: params.yaml: unknown key 'data.sead' (allowed here: n_samples, true_w, noise_std, seed, x_layout, x_low, x_high)"]
     assert {path: path.read_bytes() for path in outputs} == outputs
 
 
@@ -103,8 +107,8 @@ HEAVY_IMPORTS = {"torch": "train@torch", "mlflow": "track", "matplotlib": "evalu
 
 @pytest.mark.parametrize("address", sorted(ALL_STAGES))
 def test_each_stage_declares_every_package_module_it_runs(reproduced_repo, tmp_path, address):
-    """If a stage imported gdpipe code that dvc.yaml does not list, DVC would not rerun it when that code changes.
-    And torch, mlflow and matplotlib are imported only by the stage that needs each."""
+    """If a stage ran gdpipe code that no dep of dvc.yaml covers (a file, or a folder holding it), DVC would not
+    rerun it when that code changes. And torch, mlflow and matplotlib are imported only by the stage that needs each."""
     cmd, deps = _dvc_stage_commands()[address]
     script, *args = shlex.split(cmd.split("${py}", 1)[1])
     report = tmp_path / "modules.txt"
@@ -113,13 +117,28 @@ def test_each_stage_declares_every_package_module_it_runs(reproduced_repo, tmp_p
         "atexit.register(lambda: open(os.environ['MODULES_REPORT'], 'w').write(' '.join(sys.modules)));"
         "script = sys.argv[1]; sys.argv = sys.argv[1:]; runpy.run_path(script, run_name='__main__')"
     )
-    subprocess.run([sys.executable, "-c", probe, script, *args], cwd=reproduced_repo, env=child_env(PYTHONPATH="src", MODULES_REPORT=str(report)), check=True)
+    env = child_env(PYTHONPATH="src", MODULES_REPORT=str(report))
+    subprocess.run([sys.executable, "-c", probe, script, *args], cwd=reproduced_repo, env=env, check=True)
     modules = set(report.read_text().split())
-    imported = {f"src/{name.replace('.', '/')}.py" for name in modules if name.startswith("gdpipe.")}
+    ran = {_source(name) for name in modules if name.startswith("gdpipe.")}
     assert script in deps
-    assert imported - set(deps) == set(), f"{address} runs modules dvc.yaml does not list as deps"
-    assert {library for library, stage in HEAVY_IMPORTS.items() if library in modules} == {library for library, stage in HEAVY_IMPORTS.items() if stage == address}
+    uncovered = {path for path in ran if not any(path == dep or path.startswith(f"{dep}/") for dep in deps)}
+    assert uncovered == set(), f"{address} runs modules no dep in dvc.yaml covers"
+    heavy = {library for library, stage in HEAVY_IMPORTS.items() if library in modules}
+    assert heavy == {library for library, stage in HEAVY_IMPORTS.items() if stage == address}
     assert dvc(reproduced_repo, "status").stdout.strip() == "Data and pipelines are up to date.", "rerunning a stage changed its outputs"
+
+
+def _source(module: str) -> str:
+    """src/gdpipe/... of a gdpipe module or package, as dvc.yaml names paths."""
+    path = Path("src", *module.split("."))
+    return str(path / "__init__.py") if (REPO / path).is_dir() else f"{path}.py"
+
+
+def test_the_package_root_runs_no_code():
+    """Every stage imports src/gdpipe/__init__.py, which no dep lists: it must stay a docstring, so no change to it can change a result."""
+    tree = ast.parse((REPO / "src" / "gdpipe" / "__init__.py").read_text())
+    assert len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant)
 
 
 def test_stages_use_the_project_venv_even_from_another_activated_venv(reproduced_repo, tmp_path):
@@ -139,4 +158,54 @@ def test_nothing_phones_home():
     dvc_config = (REPO / ".dvc" / "config").read_text()
     assert "analytics = false" in dvc_config and "check_update = false" in dvc_config
     assert "export MLFLOW_DISABLE_TELEMETRY := true" in (REPO / "Makefile").read_text()
-    assert '"MLFLOW_DISABLE_TELEMETRY": "true"' in (REPO / "src" / "gdpipe" / "tracking.py").read_text()
+    assert '"MLFLOW_DISABLE_TELEMETRY": "true"' in (REPO / "src" / "gdpipe" / "track" / "__init__.py").read_text()
+
+
+# --- interrupted and forced reruns ---------------------------------------------------------
+
+OUTPUTS = ["data/dataset.npz", "history/numpy.csv", "history/torch.csv", "models/numpy.json", "models/torch.json", "metrics.json",
+           "plots/curves.png", "published.json"]
+
+
+def hashes(repo: Path, names=OUTPUTS) -> dict[str, str]:
+    return {name: hashlib.sha256((repo / name).read_bytes()).hexdigest() for name in names}
+
+
+def test_ctrl_c_during_dvc_repro_leaves_no_partial_output_and_the_next_repro_gives_the_same_metrics(reproduced_repo, own_reproduced_repo):
+    """Ctrl-C (SIGINT to dvc and its stage) in the middle of training; then the next `dvc repro` completes with the same results."""
+    repo = own_reproduced_repo
+    (repo / "src" / "sitecustomize.py").write_text(TRAINING_STARTED_HOOK)  # stage commands run with PYTHONPATH=src
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params.replace("  epochs: 100\n", "  epochs: 3000000\n"))
+    started = repo / "started"
+    process = subprocess.Popen([str(VENV_BIN / "dvc"), "repro"], cwd=repo, env=child_env(GDPIPE_TEST_TRAINING_STARTED=str(started)),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(started.exists, process, what="training started")
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode != 0
+    assert stderr.count("gdpipe: interrupted (SIGINT); no output was half-written\n") == 1 and "Traceback" not in stdout + stderr, stderr
+    assert not (repo / "history" / "numpy.csv").exists()  # DVC removed the stage's outputs before running it; none is half-written
+    assert not [path for path in repo.rglob("*.tmp") if ".dvc" not in path.parts]
+    (repo / "params.yaml").write_text(params)
+    (repo / "src" / "sitecustomize.py").unlink()
+    dvc(repo, "repro")  # DVC restores train@numpy from its run cache: that result was complete
+    assert hashes(repo) == hashes(reproduced_repo)
+    assert (repo / "dvc.lock").read_text() == (reproduced_repo / "dvc.lock").read_text()
+
+
+def test_same_params_give_byte_identical_outputs_on_a_forced_rerun(reproduced_repo, own_reproduced_repo):
+    """`dvc repro -f` reruns every stage, in another folder: data, histories, models, metrics, plot and fingerprints are
+    the same bytes; only the training times (kept beside the histories for MLflow, out of DVC and git) differ."""
+    repo = own_reproduced_repo
+    times = [f"history/{variant}.timing.json" for variant in ("numpy", "torch")]
+    first_times = hashes(repo, times)
+    done = dvc(repo, "repro", "--force")
+    assert stages_run(done.stdout) == {"generate", "train@numpy", "train@torch", "evaluate", "track"}
+    assert hashes(repo) == hashes(reproduced_repo)
+    assert hashes(repo, times) != first_times  # the times did change: they are not part of any hashed output

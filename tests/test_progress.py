@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import sys
 
-from gdpipe import data, progress, training
-from gdpipe.config import VARIANTS
+from gdpipe.core import progress
+from gdpipe.data import generate
+from gdpipe.train import train
+from gdpipe.core.config import VARIANTS
 
 
 class Terminal(io.StringIO):
@@ -34,6 +36,6 @@ def test_bar_is_drawn_on_a_terminal(monkeypatch):
 def test_long_training_writes_nothing_to_a_non_terminal_stderr(params, capfd):
     p = params({"train.epochs": 3000})
     for variant in VARIANTS:
-        training.train(variant, data.generate(p.data), p.train)
+        train(variant, generate(p.data), p.train)
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, VENV_BIN, child_env, dvc
+from conftest import dvc
+from support import VENV_BIN, child_env, free_port, wait_for_server
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -79,28 +80,6 @@ def test_republishing_the_same_result_finds_its_run(reproduced_repo):
     done = dvc(reproduced_repo, "repro", "--force", "--single-item", "track")
     assert "already published as run" in done.stdout
     assert {run.info.run_id for run in all_runs(store_uri(reproduced_repo))} == before
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_server(url: str, process: subprocess.Popen, log: Path, seconds: float = 60) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"mlflow server exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError("mlflow server did not start")
 
 
 @pytest.fixture
@@ -201,10 +180,12 @@ def test_sweep_lands_every_queued_run_in_the_main_store(own_reproduced_repo):
 
 
 def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp_path):
-    from gdpipe import config, data, tracking
-    from gdpipe.errors import InputError
-    from gdpipe.files import read_json
-    from gdpipe.record import build_record
+    from gdpipe.core import config
+    from gdpipe.core.artifacts import Dataset
+    from gdpipe.core.command import InputError
+    from gdpipe.core.files import read_json
+    from gdpipe.track import publish
+    from gdpipe.track.record import build_record
 
     repo = reproduced_repo
     params = config.load(repo / "params.yaml")
@@ -214,7 +195,7 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
     )
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     with pytest.raises(InputError, match="vanished.png") as err:
-        tracking.publish([record], data.load(repo / "data/dataset.npz"), "gradient-descent", uri)
+        publish.publish([record], Dataset.load(repo / "data/dataset.npz"), "gradient-descent", uri)
     (run,) = all_runs(uri)
     assert run.info.status == "FAILED"
     assert str(err.value).endswith(f"; numpy run {run.info.run_id} marked FAILED")  # one line, said by the stage
@@ -229,14 +210,14 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
         params, read_json(repo / "metrics.json"), repo / "data/dataset.npz", "numpy", repo / "history/numpy.csv",
         repo / "models/numpy.json", repo / "metrics.json", (), {},
     )
-    published = tracking.publish([record], data.load(repo / "data/dataset.npz"), "gradient-descent", uri)
+    published = publish.publish([record], Dataset.load(repo / "data/dataset.npz"), "gradient-descent", uri)
     assert published["numpy"]["created"] is True and published["numpy"]["abandoned_runs_killed"] == [abandoned]
     assert client.get_run(abandoned).info.status == "KILLED" and client.get_run(not_ours).info.status == "RUNNING"
     assert sorted(run.info.status for run in all_runs(uri)) == ["FAILED", "FINISHED", "KILLED", "RUNNING"]
 
 
 def test_credentials_in_the_uri_are_never_shown():
-    from gdpipe.tracking import redact
+    from gdpipe.track.publish import redact
 
     assert redact("https://alice:s3cret@mlflow.example.org:8443/") == "https://mlflow.example.org:8443/"
     assert redact("sqlite:////work/repo/mlruns/mlflow.db") == "sqlite:////work/repo/mlruns/mlflow.db"

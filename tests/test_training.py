@@ -1,4 +1,4 @@
-"""Both variants: same trajectory, convergence to the optimum, divergence recorded, recording schedule."""
+"""train/: both variants follow the same trajectory, reach the optimum, record a divergence and the lesson's print schedule."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from gdpipe import data, training
-from gdpipe.history import History
+from gdpipe import linear, train
+from gdpipe.core.artifacts import TrainedModel
+from gdpipe.data import generate
 from gdpipe.linear import optimal_w, predict
-from gdpipe.model import TrainedModel
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
@@ -25,9 +25,9 @@ FLOAT32_EPS = float(np.finfo(np.float32).eps)
 )
 def test_numpy_and_torch_trajectories_agree_to_float32_rounding(params, overrides):
     p = params(overrides)
-    dataset = data.generate(p.data)
-    numpy_history = training.train("numpy", dataset, p.train)
-    torch_history = training.train("torch", dataset, p.train)
+    dataset = generate(p.data)
+    numpy_history = train.train("numpy", dataset, p.train)
+    torch_history = train.train("torch", dataset, p.train)
     assert numpy_history.epoch.tolist() == torch_history.epoch.tolist() == list(range(1, p.train.epochs + 1))
     # A few float32 ulps of w at every epoch; the loss agrees to float32 precision of its own size.
     w_scale = np.maximum(1.0, np.abs(numpy_history.w))
@@ -38,8 +38,8 @@ def test_numpy_and_torch_trajectories_agree_to_float32_rounding(params, override
 @pytest.mark.parametrize("variant", ["numpy", "torch"])
 def test_default_params_reach_the_closed_form_optimum(params, variant):
     p = params()
-    dataset = data.generate(p.data)
-    history = training.train(variant, dataset, p.train)
+    dataset = generate(p.data)
+    history = train.train(variant, dataset, p.train)
     assert optimal_w(dataset.x, dataset.y) == 2.0
     assert history.w[-1] == pytest.approx(2.0, abs=1e-6)
     assert f"{predict(history.w[-1], p.evaluate.x):.3f}" == "10.000"
@@ -50,9 +50,9 @@ def test_default_params_reach_the_closed_form_optimum(params, variant):
 @pytest.mark.parametrize("variant", ["numpy", "torch"])
 def test_noisy_data_converges_to_w_star_not_true_w(params, variant):
     p = params({"data.n_samples": 200, "data.x_layout": "uniform", "data.noise_std": 1.0, "train.lr": 0.5, "train.epochs": 500})
-    dataset = data.generate(p.data)
+    dataset = generate(p.data)
     w_star = optimal_w(dataset.x, dataset.y)
-    history = training.train(variant, dataset, p.train)
+    history = train.train(variant, dataset, p.train)
     assert abs(w_star - 2.0) > 1e-3  # the noise moves the optimum away from the true line...
     assert history.w[-1] == pytest.approx(w_star, abs=1e-5)  # ...and gradient descent follows the optimum
 
@@ -61,14 +61,14 @@ def test_noisy_data_converges_to_w_star_not_true_w(params, variant):
 def test_learning_rate_just_above_the_bound_diverges_and_is_recorded(params, variant):
     # Bound for x = 1..4 is 1/7.5 = 0.1333; at 0.14 the error grows 1.1x per epoch until float32 overflows.
     p = params({"train.lr": 0.14, "train.epochs": 2000})
-    dataset = data.generate(p.data)
-    history = training.train(variant, dataset, p.train)
+    dataset = generate(p.data)
+    history = train.train(variant, dataset, p.train)
     assert history.diverged_at is not None and 300 < history.diverged_at < 2000
     assert history.epoch[-1] == history.diverged_at - 1
     assert np.all(np.isfinite(history.w)) and np.all(np.isfinite(history.loss))
     model = TrainedModel.from_history(variant, history)
     assert model.diverged and model.w == history.w[-1]
-    note = training.divergence_note(variant, history, dataset, p.train, p.data.x_layout)
+    note = train.divergence_note(variant, history, dataset, p.train, p.data.x_layout)
     assert f"diverged at epoch {history.diverged_at}" in note and "0 < lr < 0.1333" in note and "train.lr = 0.14" in note
 
 
@@ -77,9 +77,9 @@ def test_both_variants_diverge_at_about_the_same_epoch(params, lr):
     """w and loss are float32 in both, so both see the overflow; torch's float32 squares overflow a few
     epochs before their mean does (the NumPy loss is the exact mean, rounded once)."""
     p = params({"train.lr": lr, "train.epochs": 2000})
-    dataset = data.generate(p.data)
-    numpy_at = training.train("numpy", dataset, p.train).diverged_at
-    torch_at = training.train("torch", dataset, p.train).diverged_at
+    dataset = generate(p.data)
+    numpy_at = train.train("numpy", dataset, p.train).diverged_at
+    torch_at = train.train("torch", dataset, p.train).diverged_at
     assert numpy_at is not None and torch_at is not None
     assert abs(numpy_at - torch_at) <= max(2, 0.02 * torch_at), (numpy_at, torch_at)
 
@@ -87,56 +87,68 @@ def test_both_variants_diverge_at_about_the_same_epoch(params, lr):
 @pytest.mark.parametrize("variant", ["numpy", "torch"])
 def test_a_loss_beyond_float32_at_the_start_is_blamed_on_w_init_not_on_the_learning_rate(params, variant):
     p = params({"train.w_init": 1e19})  # lr 0.01 is stable; (w_init * x - y)^2 is not a float32
-    dataset = data.generate(p.data)
-    history = training.train(variant, dataset, p.train)
+    dataset = generate(p.data)
+    history = train.train(variant, dataset, p.train)
     assert history.diverged_at == 1
-    note = training.divergence_note(variant, history, dataset, p.train, p.data.x_layout)
+    note = train.divergence_note(variant, history, dataset, p.train, p.data.x_layout)
     assert note == (f"{variant} diverged at epoch 1: the loss at train.w_init = 1e+19 is already beyond float32's range, "
                     "whatever the learning rate; start nearer the data (a smaller |train.w_init|).")
 
 
 def test_learning_rate_just_below_the_bound_converges(params):
     p = params({"train.lr": 0.13, "train.epochs": 2000})
-    history = training.train("numpy", data.generate(p.data), p.train)
+    history = train.train("numpy", generate(p.data), p.train)
     assert history.diverged_at is None and history.w[-1] == pytest.approx(2.0, abs=1e-5)
 
 
 def test_divergence_note_on_a_large_grid_suggests_the_uniform_layout(params):
     p = params({"data.n_samples": 1000, "train.epochs": 300})
-    dataset = data.generate(p.data)
-    history = training.train("numpy", dataset, p.train)
+    dataset = generate(p.data)
+    history = train.train("numpy", dataset, p.train)
     assert history.diverged_at is not None
-    note = training.divergence_note("numpy", history, dataset, p.train, p.data.x_layout)
+    note = train.divergence_note("numpy", history, dataset, p.train, p.data.x_layout)
     assert "3/n^2" in note and "x_layout: uniform" in note
 
 
 def test_log_every_records_the_lessons_print_schedule_and_the_last_epoch(params):
     p = params({"train.epochs": 20, "train.log_every": 2})
-    full = training.train("torch", data.generate(p.data), params({"train.epochs": 20}).train)
-    sparse = training.train("torch", data.generate(p.data), p.train)
+    full = train.train("torch", generate(p.data), params({"train.epochs": 20}).train)
+    sparse = train.train("torch", generate(p.data), p.train)
     assert sparse.epoch.tolist() == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 20]
     assert np.array_equal(sparse.w, full.w[sparse.epoch - 1])
     assert np.array_equal(sparse.loss, full.loss[sparse.epoch - 1])
 
 
-def test_history_csv_round_trips_exactly(tmp_path, params):
-    p = params({"train.epochs": 50})
-    history = training.train("numpy", data.generate(p.data), p.train)
-    history.write_csv(tmp_path / "h.csv")
-    back = History.read_csv(tmp_path / "h.csv")
-    assert (tmp_path / "h.csv").read_text().splitlines()[:2] == ["epoch,w,loss", "1,0.3,30.0"]
-    assert np.array_equal(back.epoch, history.epoch)
-    assert np.array_equal(back.w, history.w) and np.array_equal(back.loss, history.loss)
-
-
 def test_torch_gets_huge_pages_only_for_arrays_glibc_would_map_afresh(monkeypatch):
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "")  # so that teardown restores whatever was there
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
-    training.trainer_for("torch", training.HUGE_PAGES_FROM_BYTES)
-    training.trainer_for("numpy", 10 * training.HUGE_PAGES_FROM_BYTES)
+    train.stepper_class("torch", train.HUGE_PAGES_FROM_BYTES)
+    train.stepper_class("numpy", 10 * train.HUGE_PAGES_FROM_BYTES)
     assert "THP_MEM_ALLOC_ENABLE" not in os.environ
-    training.trainer_for("torch", training.HUGE_PAGES_FROM_BYTES + 1)
+    train.stepper_class("torch", train.HUGE_PAGES_FROM_BYTES + 1)
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")  # a user's own setting wins
-    training.trainer_for("torch", 10 * training.HUGE_PAGES_FROM_BYTES)
+    train.stepper_class("torch", 10 * train.HUGE_PAGES_FROM_BYTES)
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+
+
+@pytest.mark.parametrize(("gradient", "function"), [("mean", linear.mse_grad), ("sum", linear.lesson_grad)])
+def test_the_numpy_step_calls_the_gradient_the_tests_hold_against_autograd(params, monkeypatch, gradient, function):
+    """Each epoch calls predict, mse and the chosen gradient of gdpipe.linear once: the functions test_linear proves."""
+    p = params({"train.epochs": 7, "train.numpy.gradient": gradient})
+    calls = []
+
+    def counted(name, real):
+        def call(*args):
+            calls.append(name)
+            return real(*args)
+
+        return call
+
+    from gdpipe.train import numpy_variant
+
+    for name in ("predict", "mse", function.__name__):
+        monkeypatch.setattr(numpy_variant, name, counted(name, getattr(linear, name)))
+    history = train.train("numpy", generate(p.data), p.train)
+    assert calls == ["predict", "mse", function.__name__] * 7
+    assert history.w[0] == pytest.approx(1.2 if gradient == "sum" else 0.3, rel=1e-6)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gdpipe import data, training
+from gdpipe.data import generate
+from gdpipe.train import train
 from gdpipe.linear import predict
 
 # (epoch, w, loss, f(5)) exactly as the lesson printed them, with its final "after training" f(5).
@@ -71,7 +72,7 @@ TORCH_100 = [
 def test_history_matches_the_lessons_printed_table(params, variant, epochs, table, final_f5):
     # The lesson's NumPy cells use its original summed gradient; its torch cells use autograd.
     p = params({"train.epochs": epochs, "train.numpy.gradient": "sum"})
-    history = training.train(variant, data.generate(p.data), p.train)
+    history = train(variant, generate(p.data), p.train)
     assert history.epoch.tolist() == list(range(1, epochs + 1))
     for epoch, w, loss, f5 in table:
         row = epoch - 1
@@ -83,7 +84,7 @@ def test_history_matches_the_lessons_printed_table(params, variant, epochs, tabl
 
 
 def test_lessons_data_is_the_default(params):
-    generated = data.generate(params().data)
+    generated = generate(params().data)
     assert generated.x.tolist() == [1, 2, 3, 4] and generated.y.tolist() == [2, 4, 6, 8]
     assert generated.x.dtype == generated.y.dtype == np.float32
 
@@ -91,7 +92,7 @@ def test_lessons_data_is_the_default(params):
 def test_the_lessons_summed_gradient_is_n_times_the_mean_one(params):
     """One step from w = 0: the lesson's sum moves w to 1.2, the true MSE gradient to 0.3 (= 1.2 / 4)."""
     first_w = {
-        gradient: training.train("numpy", data.generate(params().data), params({"train.epochs": 1, "train.numpy.gradient": gradient}).train).w[0]
+        gradient: train("numpy", generate(params().data), params({"train.epochs": 1, "train.numpy.gradient": gradient}).train).w[0]
         for gradient in ("sum", "mean")
     }
     assert first_w["sum"] == pytest.approx(1.2, rel=1e-6)

@@ -1,34 +1,18 @@
-"""The data set: y = true_w * x + noise, float32, stored as a byte-reproducible .npz."""
+"""The generate stage's work: the data set y = true_w * x + noise in float32, refused when its squares
+would overflow float32 (then no learning rate could fit it)."""
 
 from __future__ import annotations
 
-import zipfile
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 
-from gdpipe.config import DataParams
-from gdpipe.errors import InputError
-from gdpipe.files import atomic_write
+from gdpipe.core.artifacts import Dataset
+from gdpipe.core.command import InputError
+from gdpipe.core.config import DataParams
 
-# Fixed zip timestamps: np.savez stamps the current time, so equal data would hash differently.
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _NOISE_CHUNK = 1 << 20  # noise is drawn in chunks so memory stays close to the size of x and y
 # The largest |x| and |y| whose squares fit float32: beyond it the loss (and x * residual) overflows
 # before gradient descent has taken a step, whatever the learning rate.
 SQUARE_SAFE = float(np.sqrt(np.finfo(np.float32).max))
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Inputs x and targets y, equal-length float32 vectors."""
-
-    x: np.ndarray
-    y: np.ndarray
-
-    def __post_init__(self) -> None:
-        assert self.x.dtype == self.y.dtype == np.float32 and self.x.shape == self.y.shape and self.x.ndim == 1
 
 
 def generate(params: DataParams) -> Dataset:
@@ -65,41 +49,6 @@ def generate(params: DataParams) -> Dataset:
     return Dataset(x=x, y=y)
 
 
-def _all_finite(a: np.ndarray) -> bool:
-    """No NaN or infinity in `a`, checked chunk by chunk (no full-size temporary)."""
-    return all(np.isfinite(a[start : start + _NOISE_CHUNK]).all() for start in range(0, a.size, _NOISE_CHUNK))
-
-
 def _max_abs(a: np.ndarray) -> float:
     """The largest |value| in `a`, chunk by chunk: NaN if there is one, else infinity if there is one."""
     return float(np.max([np.abs(a[start : start + _NOISE_CHUNK]).max() for start in range(0, a.size, _NOISE_CHUNK)]))  # np.max keeps NaN
-
-
-def save(dataset: Dataset, path: str | Path) -> None:
-    """Write x and y as an uncompressed .npz, atomically and byte-identically for equal data."""
-    with atomic_write(path, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
-        for name, array in (("x", dataset.x), ("y", dataset.y)):
-            member = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
-            member.external_attr = 0o644 << 16
-            with archive.open(member, "w", force_zip64=True) as out:
-                np.lib.format.write_array(out, array, allow_pickle=False)
-
-
-def load(path: str | Path) -> Dataset:
-    """Read a data set written by `save`; InputError naming the file if it is missing or corrupt."""
-    path = Path(path)
-    try:
-        # Open the file here: np.load leaves its own handle open when the archive is corrupt.
-        with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
-            x, y = archive["x"], archive["y"]
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file (run the generate stage: dvc repro)") from None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise InputError(f"{path}: not a readable data set with float32 arrays x and y ({err})") from None
-    if x.dtype != np.float32 or y.dtype != np.float32 or x.ndim != 1 or x.shape != y.shape or x.size == 0:
-        raise InputError(f"{path}: x and y must be non-empty float32 vectors of equal length, got {x.dtype}{x.shape} and {y.dtype}{y.shape}")
-    if not (_all_finite(x) and _all_finite(y)):
-        raise InputError(f"{path}: x and y must be finite, found NaN or infinity (rerun the generate stage: dvc repro)")
-    if not np.any(x):
-        raise InputError(f"{path}: every x is 0, so w cannot be fitted (rerun the generate stage: dvc repro)")
-    return Dataset(x=x, y=y)

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gdpipe import config
-from gdpipe.config import VARIANTS, Bound
-from gdpipe.errors import InputError, run_command
-from gdpipe.files import atomic_write, read_json, write_bytes
+from gdpipe.core import config
+from gdpipe.core.config import VARIANTS, Bound
+from gdpipe.core.command import InputError, run_command
+from gdpipe.core.files import atomic_write, read_json, write_bytes
 
 EXIT_FAILED = 1
 BOTH = "both"  # the variant column of a metric that compares the variants (parity)

@@ -1,67 +1,63 @@
-"""The lesson's math as small pure functions: model, loss, hand gradient, optimum, stability bound.
+"""The lesson's math as small pure functions: the model, its loss, the hand-derived gradient, the
+closed-form optimum and the learning rates that converge.
 
-`predict` and `mse` work on NumPy arrays and torch tensors alike, so both variants share them;
-`mse_grad` is the hand-derived gradient that the NumPy variant uses and the tests hold against
-torch autograd. `residual_sums` is the same gradient computed in one cache-friendly pass for
-large data, checked against `mse` and `mse_grad` in the tests.
+The NumPy variant calls `predict`, `mse` and `mse_grad` (or the lesson's own `lesson_grad`), and
+the tests hold `mse_grad` against torch autograd. On NumPy's float32 data the residual is formed in
+float32, as in the lesson, and every sum over the data is taken in float64, chunk by chunk in a
+fixed order, by NumPy's own loops (np.einsum, never BLAS): the sums neither lose digits at millions
+of points nor depend on the BLAS kernel or its thread count, and no float64 copy of the data is made.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
-# 16 Ki points per chunk: the float32 residual and the two float64 buffers (320 KiB) stay in L2
-# cache from the pass that forms them to the sums that read them.
+# 16 Ki points per chunk: the chunk's float64 copies (256 KiB) stay in L2 cache from the pass
+# that forms them to the sum that reads them.
 CHUNK = 1 << 14
 
 
 def predict(w, x):
-    """The model f(x) = w * x."""
+    """The model f(x) = w * x (on NumPy arrays and torch tensors alike)."""
     return w * x
 
 
-def mse(y_hat, y):
-    """Mean squared error L = mean((y_hat - y)^2)."""
-    return ((y_hat - y) ** 2).mean()
+def mse(y_hat: np.ndarray, y: np.ndarray) -> float:
+    """The loss L = mean((y_hat - y)^2)."""
+    total = 0.0
+    for part in _chunks(y.size):
+        r = _float64(y_hat[part] - y[part])
+        total += float(np.einsum("i,i->", r, r))
+    return total / y.size
 
 
-def mse_grad(w, x, y):
-    """dL/dw = 2 * mean(x * (w*x - y)), the hand-derived gradient of `mse(predict(w, x), y)`."""
-    return 2 * (x * (predict(w, x) - y)).mean()
+def mse_grad(x: np.ndarray, y: np.ndarray, y_hat: np.ndarray) -> float:
+    """dL/dw = 2 * mean(x * (y_hat - y)), the derivative of `mse(predict(w, x), y)` by hand."""
+    return 2.0 / x.size * _sum_x_residual(x, y, y_hat)
 
 
-def residual_sums(w: np.float32, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(sum of r^2, sum of x*r) for r = w*x - y, in one pass.
+def lesson_grad(x: np.ndarray, y: np.ndarray, y_hat: np.ndarray) -> float:
+    """The lesson's line `np.dot(2*x, y_hat - y).mean()`: n times `mse_grad`.
 
-    r is formed in float32 like the lesson's forward pass; the products are exact in float64 and
-    summed in float64, chunk by chunk in a fixed order, by NumPy's own loops (np.einsum, not BLAS),
-    so the sums neither lose digits at millions of points nor depend on the BLAS kernel or its
-    thread count. MSE = sum_rr / n and dL/dw = 2 * sum_xr / n.
+    np.dot already returns the sum, so `.mean()` of that scalar changes nothing: the lesson steps
+    along the gradient of the summed squared error, not of the mean it reports as its loss.
     """
-    size = min(CHUNK, x.size)
-    r = np.empty(size, dtype=np.float32)
-    r64 = np.empty(size, dtype=np.float64)
-    x64 = np.empty(size, dtype=np.float64)
-    sum_rr = sum_xr = 0.0
-    for start in range(0, x.size, CHUNK):
-        xs, ys = x[start : start + CHUNK], y[start : start + CHUNK]
-        m = xs.size
-        rs, rs64, xs64 = r[:m], r64[:m], x64[:m]
-        np.multiply(xs, w, out=rs)
-        np.subtract(rs, ys, out=rs)
-        np.copyto(rs64, rs)
-        np.copyto(xs64, xs)
-        sum_rr += float(np.einsum("i,i->", rs64, rs64))
-        sum_xr += float(np.einsum("i,i->", xs64, rs64))
-    return sum_rr, sum_xr
+    return 2.0 * _sum_x_residual(x, y, y_hat)
+
+
+def _sum_x_residual(x: np.ndarray, y: np.ndarray, y_hat: np.ndarray) -> float:
+    """sum(x * (y_hat - y)): the products are exact in float64 and summed there."""
+    total = 0.0
+    for part in _chunks(x.size):
+        total += float(np.einsum("i,i->", _float64(x[part]), _float64(y_hat[part] - y[part])))
+    return total
 
 
 def dot64(a: np.ndarray, b: np.ndarray) -> float:
-    """sum(a*b) accumulated in float64 chunk by chunk (no full-size float64 copy, no BLAS)."""
-    total = 0.0
-    for start in range(0, a.size, CHUNK):
-        total += float(np.einsum("i,i->", a[start : start + CHUNK].astype(np.float64), b[start : start + CHUNK].astype(np.float64)))
-    return total
+    """sum(a * b), accumulated in float64 chunk by chunk."""
+    return sum(float(np.einsum("i,i->", _float64(a[part]), _float64(b[part]))) for part in _chunks(a.size))
 
 
 def optimal_w(x: np.ndarray, y: np.ndarray) -> float:
@@ -78,3 +74,11 @@ def lr_bound(x: np.ndarray, gradient: str = "mean") -> float:
     """
     mean_x2 = dot64(x, x) / x.size
     return 1.0 / mean_x2 / (x.size if gradient == "sum" else 1)
+
+
+def _chunks(size: int) -> Iterator[slice]:
+    return (slice(start, start + CHUNK) for start in range(0, size, CHUNK))
+
+
+def _float64(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float64)

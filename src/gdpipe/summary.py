@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from gdpipe.config import VARIANTS
-from gdpipe.errors import InputError, run_command
-from gdpipe.files import read_json
+from gdpipe.core.config import VARIANTS
+from gdpipe.core.command import InputError, run_command
+from gdpipe.core.files import read_json
 
 
 def format_summary(metrics: dict) -> str:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gdpipe.errors import InputError, run_command
+from gdpipe.core.command import InputError, run_command
 
 Variant = Literal["numpy", "torch"]
 VARIANTS: tuple[Variant, ...] = ("numpy", "torch")
@@ -108,8 +108,8 @@ DEFAULT_BASELINE_REV = "HEAD"
 def _known_metric(name: str) -> str:
     if name not in METRICS:
         raise ValueError(
-            f"unknown metric {_short(repr(name))}; allowed: {', '.join(VARIANT_METRICS)} (every variant), "
-            f"the same prefixed with {' or '.join(f'{variant}.' for variant in VARIANTS)} (one variant), {', '.join(PARITY_METRICS)}"
+            f"unknown metric {_short(repr(name))} (allowed: {', '.join(VARIANT_METRICS)} for every variant, "
+            f"the same prefixed with {' or '.join(f'{variant}.' for variant in VARIANTS)} for one, {', '.join(PARITY_METRICS)})"
         )
     return name
 
@@ -130,7 +130,7 @@ class Bound(_Section):
     @model_validator(mode="after")
     def _is_a_bound(self) -> Bound:
         if self.min is None and self.max is None and self.max_rel_increase is None:
-            raise ValueError("sets no bound; give max, min and/or max_rel_increase")
+            raise ValueError("sets no bound: give max, min and/or max_rel_increase")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min must be <= max, got min {self.min:g} and max {self.max:g}")
         if "baseline_rev" in self.model_fields_set and self.max_rel_increase is None:
@@ -153,12 +153,12 @@ class Params(_Section):
     def _thresholds_not_empty(cls, thresholds: dict[str, Bound]) -> dict[str, Bound]:
         # An empty section would make a gate that passes everything.
         if not thresholds:
-            raise ValueError("sets no threshold; name at least one metric")
+            raise ValueError("sets no threshold: name at least one metric")
         return thresholds
 
 
 def load(path: str | Path) -> Params:
-    """Read and validate params.yaml; raise InputError with one line on any problem."""
+    """Read and validate params.yaml; raise InputError with one line naming every problem."""
     path = Path(path)
     document = _read_yaml(path)
     if document is None:
@@ -191,50 +191,94 @@ def _read_yaml(path: Path) -> Any:
         mark = err.problem_mark or err.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = (err.problem or err.context or "malformed YAML").strip()
-        raise InputError(f"{path}: invalid YAML{where}: {problem} (plain YAML only: mappings, lists, numbers, strings)") from None
+        raise InputError(
+            f"{path}: invalid YAML{where}: {problem} (plain YAML only: mappings, lists, numbers, strings)"
+        ) from None
     except YAMLError as err:
         raise InputError(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
 
 
+# What a value must be, by pydantic's error type (its `ctx` fills the blanks). Other types keep
+# pydantic's own message.
+_MUST_BE = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "literal_error": "must be {expected}",
+    "finite_number": "must be a finite number",
+    "float_type": "must be a number",
+    "int_type": "must be a whole number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "string_too_short": "must not be empty",
+    "dict_type": "must be a mapping",
+}
+# Problems named in one line before the rest are only counted: enough for a renamed key and its
+# missing old name, short enough to read.
+_LINE_BUDGET = 400
+
+
 def _describe(err: ValidationError) -> str:
-    """One line for the first problem pydantic found (they are usually one typo)."""
-    first = err.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
-    more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
-    if first["loc"][-1:] == ("[key]",):
-        # A bad key of a mapping (a threshold's metric name): the message names the key itself.
-        mapping = ".".join(str(part) for part in first["loc"][:-2])
-        if first["type"] == "value_error":
-            return f"{mapping}: {first['msg'].removeprefix('Value error, ')}{more}"
-        return f"{mapping}: key {_short(repr(first['input']))}: {first['msg']}{more}"
-    if first["type"] == "extra_forbidden":
-        section = _model_at(Params, first["loc"][:-1])
-        return f"unknown key {_short(repr(key))}; allowed here: {_allowed(section)}{more}"
-    if first["type"] == "invalid_key":  # `1: x`, `null: x`: YAML keys that are not strings
-        where = ".".join(str(part) for part in first["loc"][:-1])
-        section = _model_at(Params, first["loc"][:-1])
-        return f"unknown key {_short(repr(first['input']))} in {where or 'the top level'} (keys are names); allowed here: {_allowed(section)}{more}"
-    if first["type"] == "missing":
-        return f"missing key {_short(repr(key))}{more}"
-    message = first["msg"].removeprefix("Value error, ").split(" or instance of ")[0]
-    value = first["input"]
-    if isinstance(value, dict):  # a rule about the section as a whole (e.g. x_low < x_high)
-        return f"{key}: {message}{more}"
-    shown = _kind(value) if isinstance(value, list) else _short(repr(value))
-    return f"{key} = {shown}: {message}{more}"
+    """Every problem pydantic found, unknown keys first (a typo or a renamed key is usually the
+    mistake, and the missing key it leaves is its consequence), in one line."""
+    errors = sorted(err.errors(), key=lambda error: error["type"] not in ("extra_forbidden", "invalid_key"))
+    problems = [_problem(error) for error in errors]
+    shown = problems[:1]
+    for problem in problems[1:]:
+        if len("; ".join([*shown, problem])) > _LINE_BUDGET:
+            break
+        shown.append(problem)
+    rest = len(problems) - len(shown)
+    return "; ".join(shown) + (f" (and {rest} more problem{'s' if rest > 1 else ''})" if rest else "")
+
+
+def _problem(error: Any) -> str:
+    """One problem as a user reads it: the dotted key, the value and what it must be."""
+    loc, kind = error["loc"], error["type"]
+    ctx = error.get("ctx", {})
+    if loc[-1:] == ("[key]",):  # a key of the thresholds mapping: the key itself is the value
+        mapping = _dotted(loc[:-2])
+        if kind == "value_error":
+            return f"{mapping}: {ctx['error']}"
+        return f"{mapping}: key {_short(repr(error['input']))} must be a metric name"
+    if kind in ("extra_forbidden", "invalid_key"):
+        # invalid_key: a key that is not a string (YAML's `1:` or `null:`); the key is the input.
+        key = repr(_dotted(loc)) if kind == "extra_forbidden" else f"{error['input']!r} in {_dotted(loc[:-1]) or 'the top level'}"
+        return f"unknown key {_short(key)} (allowed here: {_allowed(_model_at(Params, loc[:-1]))})"
+    if kind == "missing":
+        return f"missing key {_short(repr(_dotted(loc)))}"
+    if kind == "model_type":  # a section that is not a mapping
+        return f"{_dotted(loc)} = {_shown(error['input'])}: must be a mapping of {_allowed(_model_at(Params, loc))}"
+    if kind == "value_error":
+        message = str(ctx["error"])
+    elif kind in _MUST_BE:
+        message = _MUST_BE[kind].format(**{key: f"{value:g}" if isinstance(value, float) else value for key, value in ctx.items()})
+    else:
+        message = error["msg"]
+    if isinstance(error["input"], dict):  # a rule about the section as a whole (e.g. x_low < x_high)
+        return f"{_dotted(loc)}: {message}"
+    return f"{_dotted(loc)} = {_shown(error['input'])}: {message}"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The section model at `loc`: Params, then a field's model, a mapping entry's value model."""
+    node: Any = model
     for part in loc:
-        if get_origin(model) is dict:
-            model = get_args(model)[1]  # a mapping's entry (thresholds.loss): the value's model
-        else:
-            model = model.model_fields[str(part)].annotation  # type: ignore[assignment]
-    return model
+        node = get_args(node)[1] if get_origin(node) is dict else node.model_fields[str(part)].annotation
+    return node
 
 
 def _allowed(model: type[BaseModel]) -> str:
     return ", ".join(model.model_fields)
+
+
+def _shown(value: Any) -> str:
+    return _kind(value) if isinstance(value, dict | list) else _short(repr(value))
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -247,7 +291,7 @@ def _kind(value: Any) -> str:
 
 
 def main(argv=None):
-    """`python -m gdpipe.config [params.yaml]`: check the whole file and say nothing if it is good.
+    """`python -m gdpipe.core.config [params.yaml]`: check the whole file and say nothing if it is good.
 
     `make repro` and `make check` run it before `dvc repro`: DVC removes the outputs of a stage
     before running it, so a bad file found by the stage itself would cost them (until `dvc checkout`).

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.nn.functional import mse_loss
 
-from gdpipe.config import TrainParams
-from gdpipe.data import Dataset
-from gdpipe.errors import InputError
-from gdpipe.history import History
+from gdpipe.core.artifacts import Dataset
+from gdpipe.core.command import InputError
+from gdpipe.core.config import TrainParams
 from gdpipe.linear import predict
-from gdpipe.loop import fit
 
 
 def resolve_device(name: str) -> torch.device:
@@ -36,8 +35,8 @@ class TorchStepper:
         self.losses = torch.empty(params.epochs, dtype=torch.float32, device=device)
 
     def step(self, index: int) -> None:
-        # mse_loss is linear.mse, ((y_hat - y)**2).mean(), as one fused kernel forward and one
-        # backward: the same numbers with two full-size temporaries fewer per epoch.
+        # mse_loss is the lesson's ((y_hat - y)**2).mean() as one fused kernel forward and one
+        # backward: the same numbers (a test holds them equal) with fewer full-size temporaries.
         loss = mse_loss(predict(self.w, self.x), self.y)
         loss.backward()
         with torch.no_grad():
@@ -49,10 +48,5 @@ class TorchStepper:
     def all_finite(self) -> bool:
         return bool(torch.isfinite(self.w))
 
-    def trajectory(self, epochs_run: int):
+    def trajectory(self, epochs_run: int) -> tuple[np.ndarray, np.ndarray]:
         return self.ws[:epochs_run].cpu().numpy(), self.losses[:epochs_run].cpu().numpy()
-
-
-def train(data: Dataset, params: TrainParams) -> History:
-    """Fit w by full-batch gradient descent with torch autograd."""
-    return fit(TorchStepper(data, params), params.epochs, params.log_every, label="train torch")

@@ -15,11 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gdpipe.config import Params, Variant
-from gdpipe.errors import InputError
-from gdpipe.files import file_sha256, require_finite
-from gdpipe.history import History, read_timing
-from gdpipe.model import TrainedModel
+from gdpipe.core.artifacts import History, TrainedModel, read_timing
+from gdpipe.core.config import Params, Variant
+from gdpipe.core.command import InputError
+from gdpipe.core.files import file_sha256, require_finite
 
 # Final values logged beside the per-epoch w and loss (the last epoch's values are those series' ends).
 FINAL_METRICS = ("prediction", "abs_error", "w_star_distance", "epochs_trained")

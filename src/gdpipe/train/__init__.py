@@ -1,48 +1,52 @@
-"""Train one variant: pick its stepper, run the shared loop, explain a divergence."""
+"""train: full-batch gradient descent on f(x) = w * x with one variant, and what to say when it diverges.
+
+    history = train("numpy", dataset, params.train)    # or "torch"
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import numpy as np
 
-from gdpipe.config import TrainParams, Variant
-from gdpipe.data import Dataset
-from gdpipe.history import History
+from gdpipe.core.artifacts import Dataset, History
+from gdpipe.core.config import TrainParams, Variant
 from gdpipe.linear import lr_bound, mse, predict
-
+from gdpipe.train.loop import Stepper, fit
 
 # glibc serves blocks over 32 MiB (its largest mmap threshold) from fresh mmaps and unmaps them
 # when freed, so above this size every epoch page-faults torch's autograd temporaries in anew.
 HUGE_PAGES_FROM_BYTES = 32 << 20
 
 
-def trainer_for(variant: Variant, array_bytes: int = 0) -> Callable[[Dataset, TrainParams], History]:
-    """The `train` function of a variant; torch is imported only when it is asked for.
+def stepper_class(variant: Variant, array_bytes: int) -> type[Stepper]:
+    """The variant's stepper; torch is imported only when it is asked for.
 
     For arrays over HUGE_PAGES_FROM_BYTES, torch is told (before it is imported) to advise its
     large allocations onto transparent huge pages: 512 times fewer page faults per epoch. Smaller
     arrays are reused from glibc's heap without faults, where huge pages would only add zeroing.
     """
     if variant == "numpy":
-        from gdpipe.numpy_trainer import train
-    else:
-        if array_bytes > HUGE_PAGES_FROM_BYTES:
-            os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # a user's own setting wins
-        from gdpipe.torch_trainer import train  # type: ignore[no-redef]
-    return train
+        from gdpipe.train.numpy_variant import NumpyStepper
+
+        return NumpyStepper
+    if array_bytes > HUGE_PAGES_FROM_BYTES:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # a user's own setting wins
+    from gdpipe.train.torch_variant import TorchStepper
+
+    return TorchStepper
 
 
 def train(variant: Variant, data: Dataset, params: TrainParams) -> History:
-    """Run gradient descent for `variant`."""
-    return trainer_for(variant)(data, params)
+    """Run gradient descent for `variant`; a divergence ends the history at its last finite epoch."""
+    stepper = stepper_class(variant, data.x.nbytes)(data, params)
+    return fit(stepper, params.epochs, params.log_every, label=f"train {variant}")
 
 
 def divergence_note(variant: Variant, history: History, data: Dataset, params: TrainParams, x_layout: str) -> str:
     """One line saying where training diverged and which learning rates are stable for this data."""
     with np.errstate(over="ignore", invalid="ignore"):
-        first_loss = mse(predict(np.float32(params.w_init), data.x), data.y)  # float32, as both variants compute it
+        first_loss = np.float32(mse(predict(np.float32(params.w_init), data.x), data.y))  # float32, as both variants record it
     if not np.isfinite(first_loss):
         return (
             f"{variant} diverged at epoch 1: the loss at train.w_init = {params.w_init:g} is already beyond float32's range, "

@@ -1,44 +1,32 @@
 """MLflow, owned here: the store, one run per variant and result, its metrics, artifacts, model and status.
 
-The only module that imports mlflow. The `track` stage calls `publish` after training has
-finished, so a run exists only for a finished result: a stage that DVC skips or restores creates
-no run, and a killed training leaves none stuck in RUNNING.
+The `track` stage calls `publish` after training has finished, so a run exists only for a finished
+result: a stage that DVC skips or restores creates no run, and a killed training leaves none stuck
+in RUNNING. Public MLflow API only (`mlflow`, `MlflowClient`, `mlflow.entities`, `mlflow.data`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import getpass
+import logging
 import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-# Before mlflow is imported: no telemetry, no progress bars on stderr, and a tracking server that
-# does not answer fails within seconds instead of after minutes of retries. A user's own settings win.
-for _key, _value in {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "4",
-}.items():
-    os.environ.setdefault(_key, _value)
+import mlflow
+import mlflow.data.sources
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 
-import contextlib  # noqa: E402
-import fcntl  # noqa: E402
-import getpass  # noqa: E402
-import logging  # noqa: E402
-from collections.abc import Iterator, Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-from urllib.parse import unquote, urlsplit, urlunsplit  # noqa: E402
-
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import DatasetInput, InputTag, Metric, Param  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-
-from gdpipe import progress  # noqa: E402
-from gdpipe.data import Dataset  # noqa: E402
-from gdpipe.errors import InputError, Terminated, signals_held  # noqa: E402
-from gdpipe.record import RunRecord, now_ms  # noqa: E402
+from gdpipe.core import progress
+from gdpipe.core.artifacts import Dataset
+from gdpipe.core.command import InputError, Terminated, signals_held
+from gdpipe.track.record import RunRecord, now_ms
 
 # MLflow and its migrations log at INFO on stderr (table creation, migrations): keep stderr for what matters.
 for _logger in ("mlflow", "alembic"):
@@ -106,7 +94,7 @@ def publish(records: Sequence[RunRecord], dataset: Dataset, experiment: str, uri
     last being the variant's runs in this experiment that a killed publisher had left RUNNING
     (sqlite only).
     """
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)  # for the fluent calls
     published = {}
     with store_lock(uri):
         client, experiment_id = _open(experiment, uri)
@@ -116,10 +104,15 @@ def publish(records: Sequence[RunRecord], dataset: Dataset, experiment: str, uri
                 run_id, created = _find_or_create_run(client, experiment_id, record, dataset, uri)
             except (MlflowException, OSError) as err:  # the store went away or refused mid-way: one line, no traceback
                 raise InputError(
-                    f"MLflow tracking store {redact(uri)} failed while publishing {record.variant}: {_first_line(err, uri)}{_notes(err)}"
+                    f"MLflow tracking store {redact(uri)} failed while publishing {record.variant}: "
+                    f"{_first_line(err, uri)}{_notes(err)}"
                 ) from None
             published[record.variant] = {
-                "run_id": run_id, "experiment_id": experiment_id, "tracking_uri": redact(uri), "created": created, "abandoned_runs_killed": abandoned,
+                "run_id": run_id,
+                "experiment_id": experiment_id,
+                "tracking_uri": redact(uri),
+                "created": created,
+                "abandoned_runs_killed": abandoned,
             }
     return published
 
@@ -135,10 +128,9 @@ def _mark_abandoned_runs_killed(client: MlflowClient, experiment_id: str, record
     """
     if _sqlite_file(uri) is None:
         return []
-    with _uninterrupted(uri):
-        abandoned = [run.info.run_id for run in client.search_runs(
-            [experiment_id], filter_string=f"tags.variant = '{record.variant}' and tags.`{FINGERPRINT_TAG}` LIKE '%' and attributes.status = 'RUNNING'"
-        )]
+    running = f"tags.variant = '{record.variant}' and tags.`{FINGERPRINT_TAG}` LIKE '%' and attributes.status = 'RUNNING'"
+    with signals_held():
+        abandoned = [run.info.run_id for run in client.search_runs([experiment_id], filter_string=running)]
         for run_id in abandoned:
             client.set_terminated(run_id, "KILLED")
     return abandoned
@@ -151,7 +143,7 @@ def _open(name: str, uri: str) -> tuple[MlflowClient, str]:
     two processes doing that at once break it ("duplicate column name").
     """
     try:
-        with _uninterrupted(uri):
+        with signals_held():
             client = MlflowClient(uri)
             found = client.get_experiment_by_name(name)
             if found is None:
@@ -165,18 +157,13 @@ def _open(name: str, uri: str) -> tuple[MlflowClient, str]:
         raise InputError(f"MLflow tracking store {redact(uri)} did not answer: {_first_line(err, uri)}") from None
 
 
-def _uninterrupted(uri: str) -> contextlib.AbstractContextManager:
-    """Hold Ctrl-C and kill during one call to a sqlite store: interrupted inside its transaction, the
-    database stays locked and the run could not be marked KILLED. A server needs no such care."""
-    return signals_held() if _sqlite_file(uri) else contextlib.nullcontext()
-
-
 def _first_line(err: BaseException, uri: str) -> str:
     """The first line of an error, fit to print: MLflow's messages repeat the URI, password included."""
     text = str(err).strip()
     line = (text.splitlines()[0] if text else type(err).__name__).replace(uri, redact(uri))
     password = urlsplit(uri).password
-    for secret in (password, password and unquote(password), os.environ.get("MLFLOW_TRACKING_PASSWORD"), os.environ.get("MLFLOW_TRACKING_TOKEN")):
+    secrets = (password, password and unquote(password), os.environ.get("MLFLOW_TRACKING_PASSWORD"), os.environ.get("MLFLOW_TRACKING_TOKEN"))
+    for secret in secrets:
         if secret:
             line = line.replace(secret, "***")
     return line[:300]
@@ -186,36 +173,34 @@ def _notes(err: BaseException) -> str:
     return "".join(f"; {note}" for note in getattr(err, "__notes__", ()))
 
 
-def _find_or_create_run(client: MlflowClient, experiment_id: str, record: RunRecord, dataset: Dataset, uri: str) -> tuple[str, bool]:
+def _find_or_create_run(
+    client: MlflowClient, experiment_id: str, record: RunRecord, dataset: Dataset, uri: str
+) -> tuple[str, bool]:
     """The FINISHED run with this fingerprint if there is one, else a new, complete run.
 
-    Every call to a sqlite store holds Ctrl-C and kill until it is done (`_uninterrupted`), so an
-    interruption lands between calls, never inside a transaction, and the run can be marked KILLED.
+    A run is never left RUNNING by an exception: Ctrl-C or kill marks it KILLED, any other failure
+    FAILED, and a note on the exception says which (it becomes part of the line the stage prints).
+    Each call to the store holds Ctrl-C and kill until it returns (`signals_held`), so a stop lands
+    between calls, never inside a store's transaction.
     """
-    with _uninterrupted(uri):
-        existing = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{FINGERPRINT_TAG}` = '{record.fingerprint}' and attributes.status = 'FINISHED'",
-            max_results=1,
-        )
+    finished = f"tags.`{FINGERPRINT_TAG}` = '{record.fingerprint}' and attributes.status = 'FINISHED'"
+    with signals_held():
+        existing = client.search_runs([experiment_id], filter_string=finished, max_results=1)
     if existing:
         return existing[0].info.run_id, False
-    run_id = None
+    tags = record.tags | {FINGERPRINT_TAG: record.fingerprint}
+    with signals_held():  # so that Ctrl-C cannot come between the run's creation and knowing its id
+        run_id = client.create_run(experiment_id, start_time=record.started_ms or now_ms(), tags=tags, run_name=record.name).info.run_id
     try:
-        with _uninterrupted(uri):
-            run_id = client.create_run(
-                experiment_id, start_time=record.started_ms or now_ms(), tags=record.tags | {FINGERPRINT_TAG: record.fingerprint}, run_name=record.name
-            ).info.run_id
-        with _uninterrupted(uri):
+        with signals_held():
             client.log_batch(run_id, params=[Param(key, str(value)) for key, value in record.params.items()])
-        log_metrics(client, run_id, record, uri)
-        with _uninterrupted(uri):
-            client.log_inputs(run_id, [_dataset_input(record, dataset)])
+        log_metrics(client, run_id, record)
         for path in record.artifacts:
-            with _uninterrupted(uri):
+            with signals_held():
                 client.log_artifact(run_id, str(path))
-        if record.has_model:
-            with _uninterrupted(uri), mlflow.start_run(run_id=run_id), _no_requirement_scan():
+        with signals_held(), mlflow.start_run(run_id=run_id):  # log_input and log_model are fluent API only
+            mlflow.log_input(_dataset(record, dataset), context="training")
+            if record.has_model:
                 mlflow.pyfunc.log_model(
                     name="model",
                     python_model=str(MODEL_CODE),
@@ -225,16 +210,13 @@ def _find_or_create_run(client: MlflowClient, experiment_id: str, record: RunRec
                     # MLflow would tag the model with MLFLOW_TRACKING_USERNAME, a credential.
                     tags={"mlflow.user": _local_user()},
                 )
-        with _uninterrupted(uri):
+        with signals_held():
+            # Ended afresh: start_run's exit set FINISHED at the time of publishing, not of training.
             client.set_terminated(run_id, "FINISHED", end_time=record.finished_ms or now_ms())
     except BaseException as err:
-        if run_id is None:
-            raise
-        # A run is never left RUNNING: Ctrl-C or kill marks it KILLED, any other failure FAILED. The note
-        # says which, and becomes part of the one line the stage prints (or of the traceback of a bug).
         status = "KILLED" if isinstance(err, KeyboardInterrupt | Terminated) else "FAILED"
         try:
-            with _uninterrupted(uri):
+            with signals_held():
                 client.set_terminated(run_id, status)
             err.add_note(f"{record.variant} run {run_id} marked {status}")
         except Exception as status_err:
@@ -243,42 +225,18 @@ def _find_or_create_run(client: MlflowClient, experiment_id: str, record: RunRec
     return run_id, True
 
 
-def log_metrics(client: MlflowClient, run_id: str, record: RunRecord, uri: str = "") -> None:
-    """Log the record's metrics in batches of MLflow's maximum size, with a progress bar on a terminal.
-
-    Given the store's `uri`, a sqlite store's batch is never cut by Ctrl-C: it waits for one batch at most.
-    """
+def log_metrics(client: MlflowClient, run_id: str, record: RunRecord) -> None:
+    """Log the record's metrics in batches of MLflow's maximum size, with a progress bar on a terminal."""
     metrics = _metrics(record)
     bar = progress.bar(len(metrics), f"publish {record.variant}", "metric")
     try:
         for start in range(0, len(metrics), METRICS_PER_BATCH):
             batch = metrics[start : start + METRICS_PER_BATCH]
-            with _uninterrupted(uri):
+            with signals_held():
                 client.log_batch(run_id, metrics=batch)
             bar.update(len(batch))
     finally:
         bar.close()
-
-
-@contextlib.contextmanager
-def _no_requirement_scan() -> Iterator[None]:
-    """Skip log_model's check of the model's requirements against the installed packages.
-
-    The check reads the metadata of every installed distribution (about a second here) only to
-    warn about a mismatch, and the one requirement logged, this very mlflow's version, cannot
-    mismatch. If MLflow moves the function, nothing is skipped: slower, never wrong.
-    """
-    from mlflow.utils import environment
-
-    check = getattr(environment, "warn_dependency_requirement_mismatches", None)
-    if check is None:
-        yield
-        return
-    environment.warn_dependency_requirement_mismatches = lambda requirements: None
-    try:
-        yield
-    finally:
-        environment.warn_dependency_requirement_mismatches = check
 
 
 def _local_user() -> str:
@@ -312,14 +270,8 @@ def _metrics(record: RunRecord) -> list[Metric]:
     return metrics
 
 
-def _dataset_input(record: RunRecord, dataset: Dataset) -> DatasetInput:
-    """The data set as an MLflow input: name, digest (its SHA-256), source path, shapes."""
-    from mlflow.data.dataset_source_registry import get_registered_sources
-
-    # MLflow registers two local-file sources and warns that a plain path is ambiguous; pick one.
-    local_source = next(source for source in get_registered_sources() if source.__name__ == "LocalArtifactDatasetSource")
-    mlflow_dataset = mlflow.data.from_numpy(
-        dataset.x, targets=dataset.y, source=local_source(str(record.dataset_path)), name="dataset", digest=record.dataset_sha256[:16]
-    )
-    return DatasetInput(mlflow_dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
-
+def _dataset(record: RunRecord, dataset: Dataset) -> mlflow.data.dataset.Dataset:
+    """The data set as an MLflow dataset: name, digest (its SHA-256), the file it came from, shapes."""
+    # A local file, said explicitly: from a plain path MLflow would guess among two local-file sources, and warn.
+    source = mlflow.data.sources.LocalArtifactDatasetSource(str(record.dataset_path))
+    return mlflow.data.from_numpy(dataset.x, targets=dataset.y, source=source, name="dataset", digest=record.dataset_sha256[:16])

@@ -6,8 +6,8 @@ from typing import Protocol
 
 import numpy as np
 
-from gdpipe import progress
-from gdpipe.history import History
+from gdpipe.core import progress
+from gdpipe.core.artifacts import History
 
 # How many epochs run between divergence checks; a check may force a device sync.
 CHECK_EVERY = 256
@@ -26,7 +26,7 @@ class Stepper(Protocol):
         """w and loss of the first `epochs_run` epochs, copied to host memory once."""
 
 
-def fit(stepper: Stepper, epochs: int, log_every: int, label: str = "train") -> History:
+def fit(stepper: Stepper, epochs: int, log_every: int, label: str) -> History:
     """Run up to `epochs` steps, stopping soon after w stops being finite; a progress bar on a terminal."""
     epochs_run = 0
     bar = progress.bar(epochs, label, "epoch")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from gdpipe.errors import InputError
+from gdpipe.core.command import InputError
 
 
 @contextlib.contextmanager

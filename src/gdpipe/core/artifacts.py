@@ -1,0 +1,233 @@
+"""The files the stages hand each other, as types with their formats: every reader checks what it
+reads and names the file in one line when it is wrong.
+
+    data/dataset.npz        Dataset        written by generate, read by train, evaluate and track
+    history/<variant>.csv   History        written by train: epoch, w, loss per recorded epoch
+    models/<variant>.json   TrainedModel   written by train: the final w
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import zipfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gdpipe.core.command import InputError
+from gdpipe.core.config import VARIANTS
+from gdpipe.core.files import atomic_write, file_sha256, read_json, require_finite, write_json
+
+# Fixed zip timestamps: np.savez stamps the current time, so equal data would hash differently.
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+# Large arrays are checked in chunks, so that no full-size temporary doubles the memory.
+_CHUNK = 1 << 20
+
+
+# --- data/dataset.npz -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dataset:
+    """Inputs x and targets y, equal-length float32 vectors."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        assert self.x.dtype == self.y.dtype == np.float32 and self.x.shape == self.y.shape and self.x.ndim == 1
+
+    def save(self, path: str | Path) -> None:
+        """Write x and y as an uncompressed .npz, atomically and byte-identically for equal data."""
+        with atomic_write(path, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
+            for name, array in (("x", self.x), ("y", self.y)):
+                member = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+                member.external_attr = 0o644 << 16
+                with archive.open(member, "w", force_zip64=True) as out:
+                    np.lib.format.write_array(out, array, allow_pickle=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Dataset:
+        """Read a data set written by `save`; InputError naming the file if it is missing or corrupt."""
+        path = Path(path)
+        try:
+            # Open the file here: np.load leaves its own handle open when the archive is corrupt.
+            with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
+                x, y = archive["x"], archive["y"]
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file (run the generate stage: dvc repro)") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise InputError(f"{path}: not a readable data set with float32 arrays x and y ({err})") from None
+        if x.dtype != np.float32 or y.dtype != np.float32 or x.ndim != 1 or x.shape != y.shape or x.size == 0:
+            raise InputError(
+                f"{path}: x and y must be non-empty float32 vectors of equal length, "
+                f"got {x.dtype}{x.shape} and {y.dtype}{y.shape}"
+            )
+        if not (_all_finite(x) and _all_finite(y)):
+            raise InputError(f"{path}: x and y must be finite, found NaN or infinity (rerun the generate stage: dvc repro)")
+        if not np.any(x):
+            raise InputError(f"{path}: every x is 0, so w cannot be fitted (rerun the generate stage: dvc repro)")
+        return cls(x=x, y=y)
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """No NaN or infinity in `a`, checked chunk by chunk (no full-size temporary)."""
+    return all(np.isfinite(a[start : start + _CHUNK]).all() for start in range(0, a.size, _CHUNK))
+
+
+# --- history/<variant>.csv -------------------------------------------------------------------
+
+HEADER = ("epoch", "w", "loss")
+
+
+@dataclass(frozen=True)
+class History:
+    """Row k: epoch k (1-based), w after the k-th update, loss of the k-th forward pass (before that update).
+
+    `diverged_at` is the first epoch whose w or loss was not finite; the rows stop before it.
+    """
+
+    epoch: np.ndarray  # int64
+    w: np.ndarray  # float64 (holding the float32 values both variants train in)
+    loss: np.ndarray  # float64
+    diverged_at: int | None = None
+
+    @classmethod
+    def from_trajectory(cls, w: np.ndarray, loss: np.ndarray, log_every: int) -> History:
+        """Keep every `log_every`-th epoch (1, 1+k, 1+2k, ... like the lesson's prints) and the last finite one."""
+        finite = np.isfinite(w) & np.isfinite(loss)
+        bad = np.flatnonzero(~finite)
+        diverged_at = int(bad[0]) + 1 if bad.size else None
+        last = (diverged_at - 1) if diverged_at else w.size
+        keep = np.arange(0, last, log_every)
+        if last and keep[-1] != last - 1:
+            keep = np.append(keep, last - 1)
+        return cls(epoch=keep + 1, w=w[keep].astype(np.float64), loss=loss[keep].astype(np.float64), diverged_at=diverged_at)
+
+    def write_csv(self, path: str | Path) -> None:
+        """Write `epoch,w,loss` atomically; w in float32's shortest exact form, loss in float64's."""
+        with atomic_write(path) as handle:
+            handle.write(",".join(HEADER) + "\n")
+            for epoch, w, loss in zip(self.epoch.tolist(), self.w.astype(np.float32), self.loss.tolist(), strict=True):
+                handle.write(f"{epoch},{np.format_float_positional(w, unique=True, trim='0')},{loss!r}\n")
+
+    @classmethod
+    def read_csv(cls, path: str | Path) -> History:
+        """Read a history written by `write_csv`; InputError naming the file and line if a row is bad."""
+        path = Path(path)
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.reader(handle))
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file (run the train stage: dvc repro)") from None
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            raise InputError(f"{path}: cannot read as CSV ({err})") from None
+        if not rows or tuple(rows[0][:3]) != HEADER:
+            raise InputError(f"{path}: the first line must be the header {','.join(HEADER)}")
+        epochs, ws, losses = [], [], []
+        for line_number, row in enumerate(rows[1:], start=2):
+            try:
+                epoch, w, loss = int(row[0]), float(row[1]), float(row[2])
+            except (ValueError, IndexError):
+                raise InputError(f"{path}: line {line_number}: expected epoch,w,loss as numbers, got {','.join(row)!r}") from None
+            if not (math.isfinite(w) and math.isfinite(loss)) or epoch < 1 or (epochs and epoch <= epochs[-1]):
+                raise InputError(f"{path}: line {line_number}: epochs must increase from 1 and w, loss be finite, got {','.join(row)!r}")
+            epochs.append(epoch)
+            ws.append(w)
+            losses.append(loss)
+        # w is written in float32's shortest form: read it back as that float32 value.
+        return cls(epoch=np.array(epochs, dtype=np.int64), w=np.array(ws, dtype=np.float32).astype(np.float64), loss=np.array(losses))
+
+
+def timing_path(history_path: str | Path) -> Path:
+    """Where train keeps when it ran: beside the history, ignored by git and not hashed by DVC."""
+    return Path(history_path).with_suffix(".timing.json")
+
+
+def write_timing(history_path: str | Path, started_ms: int, finished_ms: int) -> None:
+    """Record when the training behind `history_path` ran, tied to that history's content."""
+    write_json(timing_path(history_path), {"started_ms": started_ms, "finished_ms": finished_ms, "history_sha256": file_sha256(history_path)})
+
+
+def read_timing(history_path: str | Path) -> tuple[int, int] | None:
+    """(started_ms, finished_ms) of the training that wrote this very history, or None if unknown.
+
+    None when the file is missing or belongs to another history (DVC restored the history from its
+    cache, or another run trained since): a time that is not known is not made up.
+    """
+    try:
+        timing = read_json(timing_path(history_path))
+        if timing["history_sha256"] == file_sha256(history_path):
+            return int(timing["started_ms"]), int(timing["finished_ms"])
+    except (InputError, KeyError, TypeError, ValueError):
+        pass
+    return None
+
+
+# --- models/<variant>.json --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """The final w of one variant; `w` is None when training diverged before its first finite update."""
+
+    variant: str
+    w: float | None
+    epochs_trained: int  # last epoch with a finite w and loss
+    diverged_at_epoch: int | None
+
+    @classmethod
+    def from_history(cls, variant: str, history: History) -> TrainedModel:
+        """The model at the last recorded (always the last finite) epoch."""
+        trained = bool(history.epoch.size)
+        return cls(
+            variant=variant,
+            w=float(history.w[-1]) if trained else None,
+            epochs_trained=int(history.epoch[-1]) if trained else 0,
+            diverged_at_epoch=history.diverged_at,
+        )
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at_epoch is not None
+
+    def save(self, path: str | Path) -> None:
+        """Write the record atomically as JSON."""
+        write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path, variant: str | None = None) -> TrainedModel:
+        """Read a record written by `save` (of `variant`, if given); InputError naming the file if it is malformed."""
+        path = Path(path)
+        record = read_json(path)
+        if not isinstance(record, dict) or set(record) != set(cls.__dataclass_fields__):
+            raise InputError(f"{path}: expected a JSON object with the keys {', '.join(cls.__dataclass_fields__)}")
+        if record["variant"] not in VARIANTS:
+            raise InputError(f"{path}: variant must be one of {', '.join(VARIANTS)}, got {record['variant']!r}")
+        if variant is not None and record["variant"] != variant:
+            raise InputError(f"{path}: holds the {record['variant']} model, expected the {variant} one")
+        w = None if record["w"] is None else require_finite(path, "w", record["w"])
+        for key in ("epochs_trained", "diverged_at_epoch"):
+            value = record[key]
+            if value is None and key == "diverged_at_epoch":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(f"{path}: {key} must be a whole number >= 0, got {value!r}")
+        return cls(variant=record["variant"], w=w, epochs_trained=record["epochs_trained"], diverged_at_epoch=record["diverged_at_epoch"])
+
+
+def train_outputs(model_paths: Sequence[str | Path], history_paths: Sequence[str | Path]) -> dict[str, tuple[Path, Path]]:
+    """variant -> (model, history) of the train stages, matched by name: models/<variant>.json, history/<variant>.csv.
+
+    evaluate and track compare and publish every variant, so each must have both files.
+    """
+    models = {Path(path).stem: Path(path) for path in model_paths}
+    histories = {Path(path).stem: Path(path) for path in history_paths}
+    # Exactly one file of each kind per variant: as many paths as variants, every variant named, and
+    # each kind by its extension (--models and --histories swapped would otherwise fail as bad JSON).
+    kinds_right = all(Path(path).suffix == ".json" for path in model_paths) and all(Path(path).suffix == ".csv" for path in history_paths)
+    if not len(model_paths) == len(history_paths) == len(VARIANTS) or set(models) != set(VARIANTS) or set(histories) != set(VARIANTS) or not kinds_right:
+        given = ", ".join(str(path) for path in (*model_paths, *history_paths)) or "none"
+        raise InputError(f"expected one <variant>.json model and one <variant>.csv history for each of {', '.join(VARIANTS)}; got {given}")
+    return {variant: (models[variant], histories[variant]) for variant in VARIANTS}

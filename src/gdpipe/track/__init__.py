@@ -1,0 +1,22 @@
+"""track: publish finished results to MLflow. The only part of gdpipe that imports mlflow.
+
+    record.py        what one variant's run holds, gathered from the stage outputs (no MLflow)
+    publish.py       the store, one run per variant and result, its metrics, artifacts, model and status
+    pyfunc_model.py  the trained line as an MLflow pyfunc model (logged as code, so MLflow imports it too)
+
+Importing this package first gives MLflow the settings it reads, before mlflow itself is imported:
+no telemetry, no progress bars on stderr, and a tracking server that does not answer fails within
+seconds instead of after minutes of retries. A user's own settings win.
+"""
+
+import os
+
+for _key, _value in {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "4",
+}.items():
+    os.environ.setdefault(_key, _value)

@@ -1,0 +1,130 @@
+"""The end of every command: bad input exit 2, Ctrl-C 130 and kill 143, each with one line, after the
+cleanup they set off; a signal Python would drop inside a finalizer still stops the command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from gdpipe.core.command import InputError, run_main, signals_held
+from support import REPO, TRAIN_ARGS, TRAINING_STARTED_HOOK, load_default_params, src_env, wait_for, with_overrides, write_yaml
+
+
+def test_sigint_sigterm_and_sigkill_during_training_keep_the_previous_outputs(workspace, tmp_path, reaper):
+    """Ctrl-C and kill exit 130 and 143 with one line; SIGKILL too leaves the previous history and model, and no temporary file."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(TRAINING_STARTED_HOOK)
+    cases = {"SIGINT": ("numpy", signal.SIGINT, 130), "SIGTERM": ("torch", signal.SIGTERM, 143), "SIGKILL": ("numpy", signal.SIGKILL, -9)}
+    running = {}
+    for name, (variant, _, _) in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(workspace, folder)
+        write_yaml(folder / "params.yaml", with_overrides(load_default_params(), {"train.epochs": 3_000_000}))  # about a minute
+        outputs = [f"history/{variant}.csv", f"history/{variant}.timing.json", f"models/{variant}.json"]
+        before = {output: (folder / output).read_bytes() for output in outputs}
+        argv = [sys.executable, str(REPO / "stages" / "train.py"), *TRAIN_ARGS]
+        argv[argv.index("numpy")] = variant
+        env = src_env(PYTHONPATH=f"{hook}{os.pathsep}{REPO / 'src'}", GDPIPE_TEST_TRAINING_STARTED=str(folder / "started"))
+        process = subprocess.Popen(argv, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        reaper(process)
+        running[name] = (folder, process, before)
+    for name, (folder, process, before) in running.items():
+        wait_for((folder / "started").exists, process, what="training started")
+        process.send_signal(cases[name][1])
+    for name, (folder, process, before) in running.items():
+        stdout, stderr = process.communicate(timeout=60)
+        assert process.returncode == cases[name][2], (name, stderr)
+        if name != "SIGKILL":
+            assert stderr == f"gdpipe: {'interrupted' if name == 'SIGINT' else 'terminated'} ({name}); no output was half-written\n"
+        assert {output: (folder / output).read_bytes() for output in before} == before, f"{name}: an earlier result was lost"
+        assert not [path.name for path in folder.rglob("*") if path.name.endswith(".tmp")], name
+
+
+DROPPED_SIGNAL = """
+import signal, sys, time, weakref
+from gdpipe.core.command import run_main
+
+class Thing:
+    pass
+
+def main(argv):
+    def finalizer():
+        signal.raise_signal(signal.SIGINT if argv[0] == "SIGINT" else signal.SIGTERM)
+        sum(range(1000))  # the handler runs here, inside the finalizer, where Python drops exceptions
+    thing = Thing()
+    weakref.finalize(thing, finalizer)
+    del thing
+    time.sleep(10)
+    print("went on as if never interrupted")
+
+sys.exit(run_main(main, sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_that_arrives_in_a_finalizer_still_stops_the_command(name, code):
+    """Python prints and drops an exception raised in a finalizer or weakref callback (SQLAlchemy has many): run_main delivers it again."""
+    done = subprocess.run([sys.executable, "-c", DROPPED_SIGNAL, name], env=src_env(), capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (code, ""), done.stderr
+    assert done.stderr == f"gdpipe: {'interrupted' if name == 'SIGINT' else 'terminated'} ({name}); no output was half-written\n"
+
+
+def test_bad_input_is_one_line_and_exit_2(capsys):
+    def main(argv):
+        raise InputError("params.yaml: train.lr = -1: must be > 0")
+
+    assert run_main(main, []) == 2
+    assert capsys.readouterr() == ("", "gdpipe: error: params.yaml: train.lr = -1: must be > 0\n")
+
+
+def test_what_the_cleanup_did_is_part_of_the_interrupted_line(capsys):
+    def main(argv):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as err:
+            err.add_note("numpy run 123 marked KILLED")
+            raise
+
+    assert run_main(main, []) == 130
+    assert capsys.readouterr().err == "gdpipe: interrupted (SIGINT); numpy run 123 marked KILLED; no output was half-written\n"
+
+
+def test_a_command_leaves_the_signal_handlers_and_the_garbage_collector_as_it_found_them():
+    """The collector runs while a command runs (a cycle made per epoch must not pile up), a signal the
+    parent ignores (nohup) stays ignored, and the handlers are put back afterwards."""
+    import gc
+
+    seen = {}
+
+    def main(argv):
+        seen.update(gc=gc.isenabled(), sigterm=signal.getsignal(signal.SIGTERM), sigint=signal.getsignal(signal.SIGINT))
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        sigint = signal.getsignal(signal.SIGINT)
+        assert run_main(main, []) == 0
+        assert seen["gc"] and seen["sigterm"] == signal.SIG_IGN and seen["sigint"] not in (sigint, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN and signal.getsignal(signal.SIGINT) == sigint
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_a_stop_inside_signals_held_waits_for_the_end_of_the_block(capsys):
+    """A store call is never cut in half: the signal takes effect when the block is done, before the next line."""
+    events = []
+
+    def main(argv):
+        with signals_held():
+            signal.raise_signal(signal.SIGTERM)
+            events.append("the call finished")
+        events.append("went on")
+
+    assert run_main(main, []) == 143
+    assert events == ["the call finished"]
+    assert capsys.readouterr().err == "gdpipe: terminated (SIGTERM); no output was half-written\n"

@@ -1,0 +1,182 @@
+"""Publishing when things go wrong: Ctrl-C, kill and kill -9 mid-publish, parallel publishers on one
+fresh sqlite store, a store that fails half-way. A run is never left RUNNING by a live publisher,
+a result is never published twice, and the next publish completes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from support import (
+    REPO,
+    TRACK_ARGS,
+    assert_one_error_line,
+    build_workspace,
+    run_stage,
+    runs_in_store,
+    src_env,
+    stage,
+    wait_for,
+)
+
+EPOCHS_LONG = 2000
+
+
+@pytest.fixture(scope="module")
+def long_workspace(tmp_path_factory) -> Path:
+    """Outputs with many epochs logged: publishing each run's history takes about a second."""
+    return build_workspace(tmp_path_factory.mktemp("long") / "ws", {"train.epochs": EPOCHS_LONG})
+
+
+def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_publish_completes(long_workspace, tmp_path, monkeypatch, reaper):
+    """Ctrl-C (twice, impatiently) or kill while a run is being logged: one line, exit 130/143, the run KILLED, nothing written;
+    publishing again makes complete runs."""
+    cases = {"SIGINT": ([signal.SIGINT, signal.SIGINT], 130, "interrupted"), "SIGTERM": ([signal.SIGTERM], 143, "terminated")}
+    running = {}
+    for name in cases:
+        folder = tmp_path / name
+        shutil.copytree(long_workspace, folder)
+        db = tmp_path / f"{name}-store" / "mlflow.db"
+        process = subprocess.Popen([sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS], cwd=folder,
+                                   env=src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        reaper(process)
+        running[name] = (folder, db, process)
+    for name, (folder, db, process) in running.items():
+        wait_for(lambda db=db: any(status == "RUNNING" for _, status in runs_in_store(db)), process, what="a run was created")
+        for signum in cases[name][0]:
+            process.send_signal(signum)
+            time.sleep(0.05)
+    for name, (folder, db, process) in running.items():
+        stdout, stderr = process.communicate(timeout=60)
+        signals, code, word = cases[name]
+        runs = dict(runs_in_store(db))
+        killed = [run_id for run_id, status in runs.items() if status == "KILLED"]
+        assert len(killed) == 1, (name, runs, process.returncode, stderr[-6000:])
+        killed = killed[0]
+        assert process.returncode == code and set(runs.values()) <= {"KILLED", "FINISHED"}, (runs, stderr)  # never RUNNING
+        assert re.fullmatch(rf"gdpipe: {word} \({name}\); (numpy|torch) run {killed} marked KILLED; no output was half-written\n", stderr), stderr
+        assert not (folder / "published.json").exists() and not (folder / "runs.json").exists()
+        assert not [path for path in folder.rglob("*.tmp")]
+    folder, db, _ = running["SIGTERM"]
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    code, stderr = run_stage(stage("track").main, TRACK_ARGS)
+    assert code == 0, stderr
+    published = json.loads((folder / "runs.json").read_text())
+    client = MlflowClient(f"sqlite:///{db}")
+    assert dict(runs_in_store(db)) == {killed: "KILLED"} | {run["run_id"]: "FINISHED" for run in published.values()}
+    for run in published.values():
+        assert len(client.get_metric_history(run["run_id"], "loss")) == EPOCHS_LONG
+
+
+def test_a_run_left_running_by_sigkill_while_publishing_is_marked_killed_by_the_next_publish(long_workspace, tmp_path, reaper):
+    """kill -9 gives the publisher no chance to mark its run; the next publish to the sqlite store does, and says so."""
+    folder = tmp_path / "ws"
+    shutil.copytree(long_workspace, folder)
+    db = tmp_path / "store" / "mlflow.db"
+    env = src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}")
+    process = subprocess.Popen([sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS], cwd=folder, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reaper(process)
+    while True:  # kill it while one of its runs is RUNNING, as seen while it is stopped (it could finish in between)
+        wait_for(lambda: any(status == "RUNNING" for _, status in runs_in_store(db)), process, what="a run was created")
+        process.send_signal(signal.SIGSTOP)
+        if any(status == "RUNNING" for _, status in runs_in_store(db)):
+            break
+        process.send_signal(signal.SIGCONT)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+
+    # Through MLflow, which may write: it rolls back the transaction kill -9 cut short (a read-only look could not).
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("gradient-descent").experiment_id])
+    (abandoned,) = [run.info.run_id for run in runs if run.info.status == "RUNNING"]
+
+    done = subprocess.run([sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS], cwd=folder, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    published = json.loads((folder / "runs.json").read_text())
+    assert dict(runs_in_store(db)) == {abandoned: "KILLED"} | {run["run_id"]: "FINISHED" for run in published.values()}
+    assert f": run {abandoned} was left RUNNING by a publisher that was killed; marked KILLED\n" in done.stdout
+
+
+# --- Concurrency -----------------------------------------------------------------------------
+
+PUBLISHER = """
+import json, sys, time
+from pathlib import Path
+from gdpipe.core import config
+from gdpipe.core.artifacts import Dataset
+from gdpipe.core.files import read_json
+from gdpipe.track import publish
+from gdpipe.track.record import build_record
+
+workspace, uri, go, lrs = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), [float(lr) for lr in sys.argv[4:]]
+params = config.load(workspace / "params.yaml")
+metrics = read_json(workspace / "metrics.json")
+dataset = Dataset.load(workspace / "data/dataset.npz")
+while not go.exists():  # both workers start publishing at the same moment, on a store that does not exist yet
+    time.sleep(0.005)
+for lr in lrs:
+    variant_params = params.model_copy(update={"train": params.train.model_copy(update={"lr": lr})})
+    records = [build_record(variant_params, metrics, workspace / "data/dataset.npz", v, workspace / f"history/{v}.csv",
+                            workspace / f"models/{v}.json", workspace / "metrics.json", (workspace / "plots/curves.png",), {})
+               for v in ("numpy", "torch")]
+    published = publish.publish(records, dataset, "gradient-descent", uri)
+    print(json.dumps({v: [run["run_id"], run["created"]] for v, run in published.items()}), flush=True)
+"""
+
+
+def test_parallel_publishers_on_one_fresh_store_lose_nothing_and_never_duplicate_a_result(workspace, tmp_path, reaper):
+    """Two processes (like two `dvc exp` workers) publish 2 results of 2 runs each at once, one result in common."""
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    go = tmp_path / "go"
+    lrs = {"a": ["0.01", "0.011"], "b": ["0.01", "0.021"]}  # 0.01: the same result in both
+    workers = {name: subprocess.Popen([sys.executable, "-c", PUBLISHER, str(workspace), uri, str(go), *values], env=src_env(),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, values in lrs.items()}
+    for worker in workers.values():
+        reaper(worker)
+    go.touch()
+    outputs = {}
+    for name, worker in workers.items():
+        stdout, stderr = worker.communicate(timeout=120)
+        assert worker.returncode == 0 and stderr == "", stderr
+        outputs[name] = [json.loads(line) for line in stdout.splitlines()]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("gradient-descent").experiment_id], max_results=100)
+    assert len(runs) == 6 and all(run.info.status == "FINISHED" for run in runs)  # 3 learning rates x 2 variants
+    assert len({run.data.tags["gdpipe.fingerprint"] for run in runs}) == 6
+    reported = {run_id for output in outputs.values() for published in output for run_id, _ in published.values()}
+    assert reported == {run.info.run_id for run in runs}
+    shared = [outputs["a"][0][v] for v in ("numpy", "torch")], [outputs["b"][0][v] for v in ("numpy", "torch")]
+    assert [run_id for run_id, _ in shared[0]] == [run_id for run_id, _ in shared[1]]  # one run for the common result
+    assert sorted(created for pair in shared for _, created in pair) == [False, False, True, True]
+    for run in runs:
+        assert [point.step for point in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 101))
+        assert run.data.params["train.lr"] in {lr for values in lrs.values() for lr in values}
+        assert {artifact.path for artifact in client.list_artifacts(run.info.run_id)} == {f"{run.data.tags['variant']}.csv", "metrics.json", "curves.png"}
+
+
+def test_a_store_that_fails_mid_publish_is_one_line_and_the_run_is_marked_failed(own_workspace, tmp_path, monkeypatch):
+    """The artifact folder cannot be made (a file is in the way): exit 2, one line naming the run marked FAILED."""
+    folder = own_workspace
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "in-the-way").write_text("a file where the artifact folder should be")
+    client = MlflowClient(uri)
+    client.create_experiment("gradient-descent", artifact_location=(tmp_path / "in-the-way" / "artifacts").as_uri())
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, stderr = run_stage(stage("track").main, TRACK_ARGS)
+    assert code == 2
+    ((run_id, status),) = runs_in_store(tmp_path / "store" / "mlflow.db")
+    assert status == "FAILED"
+    assert_one_error_line(stderr, f"gdpipe: error: MLflow tracking store {uri} failed while publishing numpy: ", f"; numpy run {run_id} marked FAILED\n")
+    assert not (folder / "published.json").exists() and not (folder / "runs.json").exists()
