@@ -125,6 +125,8 @@ def test_a_stop_inside_signals_held_waits_for_the_end_of_the_block(capsys):
             events.append("the call finished")
         events.append("went on")
 
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert run_main(main, []) == 143
     assert events == ["the call finished"]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # not left ignored
     assert capsys.readouterr().err == "gdpipe: terminated (SIGTERM); no output was half-written\n"

@@ -94,7 +94,8 @@ def run_main(main: Main, argv: Sequence[str] | None = None) -> int:
     """Run a command's `main` and return its exit code; bad input, Ctrl-C and kill become one line on stderr.
 
     What the cleanup did on the way out (the notes of the exception, such as "numpy run <id> marked
-    KILLED") is part of that line. A signal the parent ignores (nohup) stays ignored.
+    KILLED") is part of that line. A signal the parent ignores (nohup) stays ignored, and the
+    handlers are put back as they were.
     """
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     for signum, handler in previous.items():
@@ -115,10 +116,7 @@ def run_main(main: Main, argv: Sequence[str] | None = None) -> int:
     finally:
         sys.unraisablehook = other_hook
         for signum, handler in previous.items():
-            # Left ignored after a real stop: the process is on its way out, and a repeated
-            # signal must not turn exit code 130/143 into a death by signal.
-            if signal.getsignal(signum) is _stop:
-                signal.signal(signum, handler)
+            signal.signal(signum, handler)
 
 
 def run_command(main: Main) -> NoReturn:
@@ -130,5 +128,9 @@ def run_command(main: Main) -> NoReturn:
     also keeps `--help` and bad arguments quick.
     """
     code = run_main(main)
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        # On its way out after a stop: a repeated signal must not turn 130/143 into a death by signal.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
     gc.freeze()
     sys.exit(code)
