@@ -2,15 +2,18 @@
 
 Every figure is a ratio of two measurements taken in the same process or the same run,
 interleaved repeat by repeat, because these machines are shared and noisy: the median ratio of
-several repeats, with its min and max. Results go to bench/results.json and a table to stdout.
+several repeats, with its min and max. A table goes to stdout and the results to --out
+(`make bench`: bench/latest.json, which git ignores; bench/results.json is the run bench/README.md
+quotes, updated on purpose with `make bench BENCH_OUT=bench/results.json`).
 
-    python bench/run.py [--quick] [--only kernel,memory,publish,pipeline,overhead] [--out bench/results.json]
+    python bench/run.py [--quick] [--only kernel,memory,...] --out bench/latest.json
 
-1. kernel    per-epoch time of each training step / one np.dot(x, y) over the same float32 arrays
-2. memory    peak RSS of each train stage at N = 5e7 / the bytes of x and y
-3. publish   the track stage's metric logging, 10,000 epochs x 2 variants / bare MlflowClient.log_batch
-4. pipeline  `dvc repro -f` / the tutorial script with MLflow logging (and / the bare script)
-5. overhead  `dvc repro` with everything up to date / `dvc status`
+1. kernel     per-epoch time of each training step / one np.dot(x, y) over the same float32 arrays
+2. memory     peak RSS of each train stage at N = 5e7 / the bytes of x and y
+3. publish    the track stage's metric logging, 10,000 epochs x 2 variants / bare MlflowClient.log_batch
+4. pipeline   `dvc repro -f` / the tutorial script with MLflow logging (and / the bare script)
+5. overhead   `dvc repro` with everything up to date / `dvc status`
+6. collector  the stage commands with gdpipe's garbage-collector setting / with the collector off
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -28,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import MAKE_ENV, REPO, VENV_BIN, child_env, copy_repo, load_default_params, with_overrides, write_yaml  # noqa: E402
+from support import MAKE_ENV, REPO, VENV_BIN, child_env, copy_repo, load_default_params, with_overrides, write_yaml
 
 SRC = REPO / "src"
 # The goal of each figure: the ratio must be at most this.
@@ -45,7 +49,12 @@ GOALS = {
 
 def summarize(ratios: list[float]) -> dict:
     """Median, min and max of the per-repeat ratios, and the ratios themselves."""
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "repeats": [round(r, 4) for r in ratios]}
+    return {
+        "median": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+        "repeats": [round(r, 4) for r in ratios],
+    }
 
 
 def say(message: str) -> None:
@@ -67,7 +76,11 @@ def kernel_child(variant: str, sizes: list[int], repeats: int) -> dict:
 
     results = {}
     for n in sizes:
-        dataset = generate(config.DataParams(n_samples=n, true_w=2.0, noise_std=0.1, seed=0, x_layout="uniform", x_low=-1.0, x_high=1.0))
+        dataset = generate(
+            config.DataParams(
+                n_samples=n, true_w=2.0, noise_std=0.1, seed=0, x_layout="uniform", x_low=-1.0, x_high=1.0
+            )
+        )
         x, y = dataset.x, dataset.y
         epochs = max(3, min(200, int(3e7 // n)))
         run = _epochs_runner(variant, dataset, epochs)
@@ -95,33 +108,38 @@ def _epochs_runner(variant: str, dataset, epochs: int):
         from gdpipe.core import config
 
         params = config.TrainParams(
-            lr=lr, epochs=epochs, w_init=0.0, log_every=1, numpy=config.NumpyParams(gradient="mean"), torch=config.TorchParams(device="cpu")
+            lr=lr,
+            epochs=epochs,
+            w_init=0.0,
+            log_every=1,
+            numpy=config.NumpyParams(gradient="mean"),
+            torch=config.TorchParams(device="cpu"),
         )
         train.stepper_class(variant, dataset.x.nbytes)  # imports torch, as the train stage does before its clock starts
         return lambda: train.train(variant, dataset, params)
     if variant == "tutorial-numpy":
         # The lesson's NumPy cell, with its gradient made the mean (its sum diverges at large N).
-        X, Y = dataset.x, dataset.y
+        x, y = dataset.x, dataset.y
 
         def run():
             w = 0.0
             for _ in range(epochs):
-                y_pred = w * X
-                l = ((y_pred - Y) ** 2).mean()  # noqa: E741, F841
-                dw = np.dot(2 * X, y_pred - Y).mean() / X.size
+                y_pred = w * x
+                ((y_pred - y) ** 2).mean()  # the loss, computed as the lesson does and unused
+                dw = np.dot(2 * x, y_pred - y).mean() / x.size
                 w -= lr * dw
 
         return run
     import torch
 
-    X, Y = torch.from_numpy(dataset.x), torch.from_numpy(dataset.y)
+    x, y = torch.from_numpy(dataset.x), torch.from_numpy(dataset.y)
 
     def run():  # the lesson's torch cell
         w = torch.tensor(0.0, dtype=torch.float32, requires_grad=True)
         for _ in range(epochs):
-            y_pred = w * X
-            l = ((y_pred - Y) ** 2).mean()  # noqa: E741
-            l.backward()
+            y_pred = w * x
+            loss = ((y_pred - y) ** 2).mean()
+            loss.backward()
             with torch.no_grad():
                 w -= lr * w.grad
             w.grad.zero_()
@@ -139,7 +157,10 @@ def bench_kernel(quick: bool) -> dict:
             # One process per size too: like the train stage, torch settles its allocator for the data it meets first.
             done = subprocess.run(
                 [sys.executable, __file__, "--kernel-child", variant, "--sizes", str(n), "--repeats", str(repeats)],
-                capture_output=True, text=True, env=child_env(), check=True,
+                capture_output=True,
+                text=True,
+                env=child_env(),
+                check=True,
             )
             out.setdefault(variant, {}).update(json.loads(done.stdout))
     return out
@@ -155,7 +176,9 @@ def write_params(path: Path, **overrides) -> Path:
 
 def peak_rss(command: list[str], cwd: Path) -> int:
     """Run `command` and return its peak resident set size in bytes (Linux: ru_maxrss in KiB)."""
-    process = subprocess.Popen(command, cwd=cwd, env=child_env(PYTHONPATH=str(SRC)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command, cwd=cwd, env=child_env(PYTHONPATH=str(SRC)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
@@ -167,22 +190,53 @@ def bench_memory(quick: bool, work: Path) -> dict:
     n = 5 * 10**6 if quick else 5 * 10**7
     folder = work / "memory"
     folder.mkdir()
-    params = write_params(folder / "params.yaml", **{"data.n_samples": n, "data.x_layout": "uniform", "train.lr": 0.1, "train.epochs": 3})
+    params = write_params(
+        folder / "params.yaml", **{"data.n_samples": n, "data.x_layout": "uniform", "train.lr": 0.1, "train.epochs": 3}
+    )
     say(f"memory: generate N={n:.0e}")
-    subprocess.run([sys.executable, str(REPO / "stages/generate.py"), "--params", str(params), "--out", "dataset.npz"],
-                   cwd=folder, env=child_env(PYTHONPATH=str(SRC)), check=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "stages/generate.py"), "--params", str(params), "--out", "dataset.npz"],
+        cwd=folder,
+        env=child_env(PYTHONPATH=str(SRC)),
+        check=True,
+    )
     data_bytes = 2 * 4 * n  # x and y, float32
     out = {"n": n, "data_bytes": data_bytes}
     for variant in ("numpy", "torch"):
         say(f"memory: train {variant}")
-        rss = peak_rss([sys.executable, str(REPO / "stages/train.py"), "--variant", variant, "--params", str(params), "--data", "dataset.npz",
-                        "--history", f"{variant}.csv", "--model", f"{variant}.json"], folder)
+        rss = peak_rss(
+            [
+                sys.executable,
+                str(REPO / "stages/train.py"),
+                "--variant",
+                variant,
+                "--params",
+                str(params),
+                "--data",
+                "dataset.npz",
+                "--history",
+                f"{variant}.csv",
+                "--model",
+                f"{variant}.json",
+            ],
+            folder,
+        )
         out[variant] = {"peak_rss_bytes": rss, "ratio": rss / data_bytes}
     shutil.rmtree(folder)
     return out
 
 
 # --- 3. publish -----------------------------------------------------------------------------
+
+
+def by_hand(history, epochs: int) -> list:
+    """What a user would send by hand: the same values and steps as plain Metric objects, one timestamp."""
+    from mlflow.entities import Metric
+
+    metrics = []
+    for epoch, w, loss in zip(history.epoch.tolist(), history.w.tolist(), history.loss.tolist(), strict=True):
+        metrics += [Metric("w", w, 1, epoch), Metric("loss", loss, 1, epoch)]
+    return [*metrics, Metric("prediction", 10.0, 2, epochs)]
 
 
 def bench_publish(quick: bool, work: Path) -> dict:
@@ -192,7 +246,6 @@ def bench_publish(quick: bool, work: Path) -> dict:
     sys.path.insert(0, str(SRC))
     os.environ.update(MAKE_ENV)  # both sides run with the settings `make` exports
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
 
     from gdpipe.core import config
     from gdpipe.data import generate
@@ -205,25 +258,35 @@ def bench_publish(quick: bool, work: Path) -> dict:
     records = []
     for variant in config.VARIANTS:
         history = train(variant, dataset, params.train)
-        records.append(RunRecord(variant=variant, name=variant, fingerprint="", params={}, tags={}, history=history,
-                                 final_metrics={"prediction": 10.0}, model_path=Path(), has_model=False, started_ms=1, finished_ms=2,
-                                 dataset_path=Path(), dataset_sha256="", artifacts=()))
+        records.append(
+            RunRecord(
+                variant=variant,
+                name=variant,
+                fingerprint="",
+                params={},
+                tags={},
+                history=history,
+                final_metrics={"prediction": 10.0},
+                model_path=Path(),
+                has_model=False,
+                started_ms=1,
+                finished_ms=2,
+                dataset_path=Path(),
+                dataset_sha256="",
+                artifacts=(),
+            )
+        )
     uri = f"sqlite:///{work / 'publish' / 'mlflow.db'}"
     (work / "publish").mkdir()
     client = MlflowClient(uri)
     experiment = client.create_experiment("bench", artifact_location=(work / "publish" / "artifacts").as_uri())
-    # What a user would send by hand: the same values, steps and one timestamp, as plain Metric objects.
-    bare_metrics = {
-        record.variant: [Metric(key, value, 1, int(epoch)) for epoch, w, loss in zip(record.history.epoch, record.history.w, record.history.loss)
-                         for key, value in (("w", float(w)), ("loss", float(loss)))] + [Metric("prediction", 10.0, 2, epochs)]
-        for record in records
-    }
+    bare_metrics = {record.variant: by_hand(record.history, epochs) for record in records}
     ratios = []
     say(f"publish: {epochs} epochs x {len(records)} variants, {repeats} repeats")
     for repeat in range(repeats):
         spent = {"gdpipe": 0.0, "bare": 0.0}
         # Alternate which goes first: the store grows as it goes.
-        for side in (("gdpipe", "bare") if repeat % 2 == 0 else ("bare", "gdpipe")):
+        for side in ("gdpipe", "bare") if repeat % 2 == 0 else ("bare", "gdpipe"):
             for record in records:
                 run_id = client.create_run(experiment).info.run_id
                 start = time.perf_counter()
@@ -259,7 +322,9 @@ def timed_with_output(command: list[str], cwd: Path, **env: str) -> tuple[float,
     done = subprocess.run(command, cwd=cwd, env=child_env(**env), capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
     return seconds, done.stdout
 
 
@@ -299,7 +364,10 @@ def bench_pipeline(quick: bool, work: Path) -> dict:
         shutil.rmtree(script_dir, ignore_errors=True)
         script_dir.mkdir()
         shutil.copy(template, script_dir / "mlflow.db")
-        script = timed([sys.executable, str(REPO / "bench/tutorial_mlflow.py"), f"sqlite:///{script_dir / 'mlflow.db'}"], script_dir)
+        script = timed(
+            [sys.executable, str(REPO / "bench/tutorial_mlflow.py"), f"sqlite:///{script_dir / 'mlflow.db'}"],
+            script_dir,
+        )
         bare = timed([sys.executable, str(REPO / "bench/tutorial.py")], script_dir)
         pipeline_s.append(pipeline), script_s.append(script), bare_s.append(bare)
         to_script.append(pipeline / script)
@@ -308,13 +376,75 @@ def bench_pipeline(quick: bool, work: Path) -> dict:
     # left of the median, DVC's own work (start-up, hashing, caching, rewriting dvc.lock per stage).
     say("pipeline: each stage's command alone")
     fresh_store(repo, template)
-    stages = {stage: timed(["sh", "-c", command], repo, DVC_ROOT=str(repo)) for stage, command in stage_commands(repro_stdout)}
+    stages = {
+        stage: timed(["sh", "-c", command], repo, DVC_ROOT=str(repo)) for stage, command in stage_commands(repro_stdout)
+    }
     return {
         "to_script": summarize(to_script),
         "to_bare_script": summarize(to_bare),
         "seconds": {"pipeline": pipeline_s, "script": script_s, "bare_script": bare_s},
         "breakdown_seconds": stages | {"dvc": statistics.median(pipeline_s) - sum(stages.values())},
+        "package_scan_seconds": package_scan_seconds(),
     }
+
+
+def package_scan_seconds() -> float:
+    """What log_model's check of its requirements costs the track stage: MLflow reads the metadata of
+    every installed distribution (importlib_metadata.packages_distributions), timed here alone in a
+    fresh process. gdpipe once skipped it by patching a private MLflow function; public API pays it.
+    """
+    script = "import time, importlib_metadata as m; t = time.perf_counter(); m.packages_distributions(); "
+    script += "print(time.perf_counter() - t)"
+    return statistics.median(float(timed_with_output([sys.executable, "-c", script], REPO)[1]) for _ in range(3))
+
+
+# A stage script run as DVC runs it, optionally with the garbage collector off from the start.
+STAGE_WITH_COLLECTOR = """
+import gc, runpy, sys
+if sys.argv[1] == "off":
+    gc.disable()
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def bench_collector(quick: bool, work: Path) -> dict:
+    """Every stage command with gdpipe's collector setting (on, run_command's threshold) / with it off.
+
+    Off is what gdpipe did before: gc.disable() for every command, training included.
+    """
+    repo = work / "repo"
+    if not repo.exists():
+        copy_repo(repo)
+        timed([str(VENV_BIN / "dvc"), "repro"], repo)
+    template = work / "template" / "mlflow.db"
+    if not template.exists():
+        template = empty_store(work / "template")
+    commands = [shlex.split(command.split("stages/python", 1)[1]) for _, command in stage_commands(repro_output(repo))]
+    repeats = 2 if quick else 4
+    ratios, seconds = [], {"on": [], "off": []}
+    say(f"collector: {len(commands)} stage commands, {repeats} repeats")
+    for repeat in range(repeats):
+        spent = {}
+        for mode in ("on", "off") if repeat % 2 == 0 else ("off", "on"):
+            fresh_store(repo, template)
+            spent[mode] = sum(
+                timed(
+                    [sys.executable, "-c", STAGE_WITH_COLLECTOR, mode, *command],
+                    repo,
+                    DVC_ROOT=str(repo),
+                    PYTHONPATH="src",
+                )
+                for command in commands
+            )
+            seconds[mode].append(spent[mode])
+        ratios.append(spent["on"] / spent["off"])
+    return summarize(ratios) | {"seconds": seconds}
+
+
+def repro_output(repo: Path) -> str:
+    """What `dvc repro --dry -f` prints: every stage and its command."""
+    return timed_with_output([str(VENV_BIN / "dvc"), "repro", "--dry", "-f"], repo)[1]
 
 
 def bench_overhead(quick: bool, work: Path) -> dict:
@@ -340,8 +470,22 @@ def machine() -> dict:
     """What the figures were measured on."""
     import numpy as np
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    mem_kib = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), 0)
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kib = next(
+        (
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        0,
+    )
     info = {
         "nproc": os.cpu_count(),
         "cpu": model,
@@ -356,7 +500,9 @@ def machine() -> dict:
         from threadpoolctl import threadpool_info
 
         info["blas"] = [
-            {key: pool.get(key) for key in ("internal_api", "version", "architecture", "num_threads")} for pool in threadpool_info() if pool.get("user_api") == "blas"
+            {key: pool.get(key) for key in ("internal_api", "version", "architecture", "num_threads")}
+            for pool in threadpool_info()
+            if pool.get("user_api") == "blas"
         ]
     except ImportError:
         pass
@@ -389,10 +535,14 @@ def rows(results: dict) -> list[tuple[str, dict, float | None]]:
         label = f"publish {results['publish']['epochs'] // 1000}k epochs x 2"
         table.append((label, results["publish"], GOALS.get(label)))
     if "pipeline" in results:
-        table.append(("pipeline / tutorial+mlflow", results["pipeline"]["to_script"], GOALS["pipeline / tutorial+mlflow"]))
+        table.append(
+            ("pipeline / tutorial+mlflow", results["pipeline"]["to_script"], GOALS["pipeline / tutorial+mlflow"])
+        )
         table.append(("pipeline / bare tutorial", results["pipeline"]["to_bare_script"], None))
     if "overhead" in results:
         table.append(("repro up to date / status", results["overhead"], GOALS["repro up to date / status"]))
+    if "collector" in results:
+        table.append(("stages, collector on / off", results["collector"], None))
     return table
 
 
@@ -401,18 +551,21 @@ def format_table(results: dict) -> str:
     for label, summary, goal in rows(results):
         verdict = "" if goal is None else ("PASS" if summary["median"] <= goal else "MISS")
         goal_text = "" if goal is None else f"<= {goal:g}"
-        lines.append(f"{label:<34} {summary['median']:>7.2f}x {summary['min']:>7.2f}x {summary['max']:>7.2f}x {goal_text:>7}  {verdict}")
+        ratios = " ".join(f"{summary[key]:>7.2f}x" for key in ("median", "min", "max"))
+        lines.append(f"{label:<34} {ratios} {goal_text:>7}  {verdict}")
     return "\n".join(lines)
 
 
-SECTIONS = ("kernel", "memory", "publish", "pipeline", "overhead")
+SECTIONS = ("kernel", "memory", "publish", "pipeline", "overhead", "collector")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats, to try the benchmark itself")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sizes and fewer repeats, to try the benchmark itself"
+    )
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results.json"))
+    parser.add_argument("--out", help="where the results go (make bench: bench/latest.json)")
     parser.add_argument("--kernel-child", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, help=argparse.SUPPRESS)
@@ -420,6 +573,8 @@ def main(argv=None) -> int:
     if args.kernel_child:
         print(json.dumps(kernel_child(args.kernel_child, [int(n) for n in args.sizes.split(",")], args.repeats)))
         return 0
+    if not args.out:
+        parser.error("--out is required: where the results go (make bench writes bench/latest.json)")
     chosen = [name for name in args.only.split(",") if name]
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
@@ -444,8 +599,14 @@ def main(argv=None) -> int:
     if "pipeline" in results:
         parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in results["pipeline"]["breakdown_seconds"].items())
         print(f"\npipeline, median {statistics.median(results['pipeline']['seconds']['pipeline']):.2f} s: {parts}")
-    print(f"\n{results['machine']['nproc']} cores, {results['machine']['cpu']}, {results['machine']['memory_gib']} GiB; "
-          f"load {results['machine']['load_average_at_start'][0]:.2f} at start; {results['total_seconds']:.0f} s; written to {args.out}")
+        print(
+            f"of track: log_model's scan of the installed packages {results['pipeline']['package_scan_seconds']:.2f} s"
+        )
+    host = results["machine"]
+    print(
+        f"\n{host['nproc']} cores, {host['cpu']}, {host['memory_gib']} GiB; "
+        f"load {host['load_average_at_start'][0]:.2f} at start; {results['total_seconds']:.0f} s; written to {args.out}"
+    )
     return 0
 
 

@@ -41,7 +41,7 @@ for epoch in range(n_iters):
     dw = gradient(X, Y, y_pred)
     w -= learning_rate * dw
     if epoch % 2 == 0:
-        print(f"epoch {epoch+1}: w = {w:.3f}, loss = {l:.8f}")
+        print(f"epoch {epoch + 1}: w = {w:.3f}, loss = {l:.8f}")
         print(f"Prediction during training: f(5) = {forward(5):.3f}")
         print("\n")
 
@@ -69,7 +69,7 @@ for epoch in range(n_iters):
         w -= learning_rate * w.grad
     w.grad.zero_()
     if epoch % 10 == 0:
-        print(f"epoch {epoch+1}: w = {w:.3f}, loss = {l:.8f}")
+        print(f"epoch {epoch + 1}: w = {w:.3f}, loss = {l:.8f}")
         print(f"Prediction during training: f(5) = {forward(5):.3f}")
         print("\n")
 

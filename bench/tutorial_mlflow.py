@@ -52,7 +52,7 @@ with mlflow.start_run(run_name="numpy"):
         mlflow.log_metric("w", float(w), step=epoch + 1)
         mlflow.log_metric("loss", float(l), step=epoch + 1)
         if epoch % 2 == 0:
-            print(f"epoch {epoch+1}: w = {w:.3f}, loss = {l:.8f}")
+            print(f"epoch {epoch + 1}: w = {w:.3f}, loss = {l:.8f}")
             print(f"Prediction during training: f(5) = {forward(5):.3f}")
             print("\n")
 
@@ -85,7 +85,7 @@ with mlflow.start_run(run_name="torch"):
         mlflow.log_metric("w", w.item(), step=epoch + 1)
         mlflow.log_metric("loss", l.item(), step=epoch + 1)
         if epoch % 10 == 0:
-            print(f"epoch {epoch+1}: w = {w:.3f}, loss = {l:.8f}")
+            print(f"epoch {epoch + 1}: w = {w:.3f}, loss = {l:.8f}")
             print(f"Prediction during training: f(5) = {forward(5):.3f}")
             print("\n")
 

@@ -1,6 +1,6 @@
 """generate: build the data set y = true_w * x + noise from params.yaml's data section.
 
-    python stages/generate.py --params params.yaml --out data/dataset.npz
+python stages/generate.py --params params.yaml --out data/dataset.npz
 """
 
 import argparse

@@ -23,14 +23,26 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", required=True, help="models/<variant>.json, one per variant")
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--plot", required=True, help="the curves PNG, logged with every run")
-    parser.add_argument("--published", required=True, help="variant -> fingerprint of its run (deterministic: a DVC output)")
+    parser.add_argument(
+        "--published", required=True, help="variant -> fingerprint of its run (deterministic: a DVC output)"
+    )
     parser.add_argument("--runs", required=True, help="variant -> run id and tracking URI (not a DVC output)")
     args = parser.parse_args(argv)
     params = config.load(args.params)
     metrics = read_json(args.metrics)
     lineage = lineage_tags(Path.cwd())
     records = [
-        build_record(params, metrics, Path(args.data), variant, history, model, Path(args.metrics), (Path(args.plot), Path(args.params)), lineage)
+        build_record(
+            params,
+            metrics,
+            Path(args.data),
+            variant,
+            history,
+            model,
+            Path(args.metrics),
+            (Path(args.plot), Path(args.params)),
+            lineage,
+        )
         for variant, (model, history) in train_outputs(args.models, args.histories).items()
     ]
     from gdpipe.track import publish  # only now: mlflow takes a second to import, bad input fails before it
@@ -39,7 +51,10 @@ def main(argv=None):
     published = publish.publish(records, Dataset.load(args.data), params.track.experiment, uri)
     write_json(args.runs, published)
     experiment = params.track.experiment
-    write_json(args.published, {record.variant: {"fingerprint": record.fingerprint, "experiment": experiment} for record in records})
+    write_json(
+        args.published,
+        {record.variant: {"fingerprint": record.fingerprint, "experiment": experiment} for record in records},
+    )
     for variant, run in published.items():
         for run_id in run["abandoned_runs_killed"]:
             print(f"{variant}: run {run_id} was left RUNNING by a publisher that was killed; marked KILLED")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import gdpipe.track  # noqa: F401  (first: gives MLflow gdpipe's settings before any test imports mlflow)
 from gdpipe.core import config
 from support import VENV_BIN, build_workspace, child_env, copy_repo, load_default_params, with_overrides
 
@@ -25,7 +26,9 @@ def params():
 
 def dvc(repo: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the venv's dvc in `repo` and return the finished process (output captured as text)."""
-    done = subprocess.run([str(VENV_BIN / "dvc"), *args], cwd=repo, env=env or child_env(), capture_output=True, text=True)
+    done = subprocess.run(
+        [str(VENV_BIN / "dvc"), *args], cwd=repo, env=env or child_env(), capture_output=True, text=True
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done

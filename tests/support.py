@@ -40,7 +40,10 @@ def copy_repo(destination: Path) -> Path:
     make would reinstall the shared venv from the copy.
     """
     listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO, check=True, capture_output=True
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
     ).stdout.decode()
     destination.mkdir(parents=True, exist_ok=True)
     for name in filter(None, listed.split("\0")):
@@ -132,7 +135,7 @@ def wait_for_server(url: str, process: subprocess.Popen, log: Path, seconds: flo
 
 # A test hook, installed as sitecustomize in a child: it touches a file when training starts, so a
 # signal can be sent while the process is certainly inside training.
-TRAINING_STARTED_HOOK = '''
+TRAINING_STARTED_HOOK = """
 import os
 from pathlib import Path
 
@@ -146,7 +149,7 @@ if os.environ.get("GDPIPE_TEST_TRAINING_STARTED"):
         return _train(*args, **kwargs)
 
     gdpipe.train.train = _announcing_train
-'''
+"""
 
 
 # --- the stages, run in this process -----------------------------------------------------------
@@ -183,25 +186,31 @@ def files_under(folder: Path) -> list[Path]:
     return sorted(path for path in folder.rglob("*") if path.is_file())
 
 
-TRAIN_ARGS = ["--variant", "numpy", "--params", "params.yaml", "--data", "data/dataset.npz",
-              "--history", "history/numpy.csv", "--model", "models/numpy.json"]  # fmt: skip
-EVALUATE_ARGS = ["--params", "params.yaml", "--data", "data/dataset.npz", "--models", "models/numpy.json", "models/torch.json",
-                 "--histories", "history/numpy.csv", "history/torch.csv", "--out", "metrics.json", "--plot", "plots/curves.png"]  # fmt: skip
+TRAIN_ARGS = (
+    "--variant numpy --params params.yaml --data data/dataset.npz --history history/numpy.csv --model models/numpy.json"
+).split()
+EVALUATE_ARGS = (
+    "--params params.yaml --data data/dataset.npz --models models/numpy.json models/torch.json "
+    "--histories history/numpy.csv history/torch.csv --out metrics.json --plot plots/curves.png"
+).split()
 EVALUATE_OUTS = ["metrics.json", "plots/curves.png"]
-TRACK_ARGS = ["--params", "params.yaml", "--data", "data/dataset.npz", "--histories", "history/numpy.csv", "history/torch.csv",
-              "--models", "models/numpy.json", "models/torch.json", "--metrics", "metrics.json", "--plot", "plots/curves.png",
-              "--published", "published.json", "--runs", "runs.json"]  # fmt: skip
+TRACK_ARGS = (
+    "--params params.yaml --data data/dataset.npz --histories history/numpy.csv history/torch.csv "
+    "--models models/numpy.json models/torch.json --metrics metrics.json --plot plots/curves.png "
+    "--published published.json --runs runs.json"
+).split()
 
 
 def build_workspace(folder: Path, overrides: dict | None = None) -> Path:
-    """The outputs of generate, train and evaluate for the repository's params (with overrides), made in this process."""
+    """The outputs of generate, train and evaluate for the repository's params (with overrides), made here."""
     folder.mkdir(parents=True, exist_ok=True)
     params = write_yaml(folder / "params.yaml", with_overrides(load_default_params(), overrides or {}))
     steps = [(stage("generate").main, ["--params", str(params), "--out", "data/dataset.npz"])]
     for variant in VARIANTS:
-        argv = ["--variant", variant, "--params", str(params), "--data", "data/dataset.npz",
-                "--history", f"history/{variant}.csv", "--model", f"models/{variant}.json"]  # fmt: skip
-        steps.append((stage("train").main, argv))
+        argv = (
+            f"--variant {variant} --data data/dataset.npz --history history/{variant}.csv --model models/{variant}.json"
+        )
+        steps.append((stage("train").main, ["--params", str(params), *argv.split()]))
     steps.append((stage("evaluate").main, EVALUATE_ARGS))
     with contextlib.chdir(folder):
         for main, argv in steps:

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,16 @@ from gdpipe.core.artifacts import Dataset, History, train_outputs
 from gdpipe.core.command import InputError
 from gdpipe.data import generate
 from gdpipe.train import train
-from support import EVALUATE_ARGS, EVALUATE_OUTS, TRACK_ARGS, TRAIN_ARGS, assert_one_error_line, build_workspace, run_stage, stage
+from support import (
+    EVALUATE_ARGS,
+    EVALUATE_OUTS,
+    TRACK_ARGS,
+    TRAIN_ARGS,
+    assert_one_error_line,
+    build_workspace,
+    run_stage,
+    stage,
+)
 
 
 def sha256(path) -> str:
@@ -92,8 +100,8 @@ def test_history_csv_round_trips_exactly(tmp_path, params):
     assert np.array_equal(back.w, history.w) and np.array_equal(back.loss, history.loss)
 
 
-
 # --- between stages: a corrupt or missing input ----------------------------------------------
+
 
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -139,15 +147,50 @@ def _summary(argv):
 
 CORRUPT_INPUTS = [
     # (stage, its arguments, the input spoiled, how, what the line says, the outputs that must stay as they were)
-    ("train", TRAIN_ARGS, "data/dataset.npz", _truncate, "not a readable data set", ["history/numpy.csv", "models/numpy.json"]),
+    (
+        "train",
+        TRAIN_ARGS,
+        "data/dataset.npz",
+        _truncate,
+        "not a readable data set",
+        ["history/numpy.csv", "models/numpy.json"],
+    ),
     ("train", TRAIN_ARGS, "data/dataset.npz", _nan_data, "must be finite", ["history/numpy.csv", "models/numpy.json"]),
     ("evaluate", EVALUATE_ARGS, "data/dataset.npz", os.unlink, "no such file", EVALUATE_OUTS),
-    ("evaluate", EVALUATE_ARGS, "history/torch.csv", _bad_row, "line 4: expected epoch,w,loss as numbers", EVALUATE_OUTS),
-    ("evaluate", EVALUATE_ARGS, "history/numpy.csv", _nan_row, "line 3: epochs must increase from 1 and w, loss be finite", EVALUATE_OUTS),
+    (
+        "evaluate",
+        EVALUATE_ARGS,
+        "history/torch.csv",
+        _bad_row,
+        "line 4: expected epoch,w,loss as numbers",
+        EVALUATE_OUTS,
+    ),
+    (
+        "evaluate",
+        EVALUATE_ARGS,
+        "history/numpy.csv",
+        _nan_row,
+        "line 3: epochs must increase from 1 and w, loss be finite",
+        EVALUATE_OUTS,
+    ),
     ("evaluate", EVALUATE_ARGS, "models/torch.json", _not_json, "not valid JSON", EVALUATE_OUTS),
     ("evaluate", EVALUATE_ARGS, "history/torch.csv", _truncate, "", EVALUATE_OUTS),
-    ("evaluate", EVALUATE_ARGS, "models/torch.json", _numpy_model, "holds the numpy model, expected the torch one", EVALUATE_OUTS),
-    ("evaluate", EVALUATE_ARGS, "models/numpy.json", _nan_json, "not valid JSON (NaN is not a number gdpipe accepts)", EVALUATE_OUTS),
+    (
+        "evaluate",
+        EVALUATE_ARGS,
+        "models/torch.json",
+        _numpy_model,
+        "holds the numpy model, expected the torch one",
+        EVALUATE_OUTS,
+    ),
+    (
+        "evaluate",
+        EVALUATE_ARGS,
+        "models/numpy.json",
+        _nan_json,
+        "not valid JSON (NaN is not a number gdpipe accepts)",
+        EVALUATE_OUTS,
+    ),
     ("track", TRACK_ARGS, "metrics.json", _not_json, "not valid JSON", []),
     ("track", TRACK_ARGS, "history/numpy.csv", _bad_row, "line 4", []),
     ("track", TRACK_ARGS, "models/torch.json", _numpy_model, "holds the numpy model, expected the torch one", []),
@@ -155,9 +198,14 @@ CORRUPT_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("name", "argv", "spoiled", "spoil", "message", "kept"), CORRUPT_INPUTS,
-                         ids=[f"{case[0]}-{case[2]}-{case[3].__name__}" for case in CORRUPT_INPUTS])
-def test_a_corrupt_input_between_stages_is_one_line_naming_the_file(own_workspace, tmp_path, monkeypatch, name, argv, spoiled, spoil, message, kept):
+@pytest.mark.parametrize(
+    ("name", "argv", "spoiled", "spoil", "message", "kept"),
+    CORRUPT_INPUTS,
+    ids=[f"{case[0]}-{case[2]}-{case[3].__name__}" for case in CORRUPT_INPUTS],
+)
+def test_a_corrupt_input_between_stages_is_one_line_naming_the_file(
+    own_workspace, tmp_path, monkeypatch, name, argv, spoiled, spoil, message, kept
+):
     folder = own_workspace
     before = {name: (folder / name).read_bytes() for name in kept}
     spoil(folder / spoiled)
@@ -168,12 +216,18 @@ def test_a_corrupt_input_between_stages_is_one_line_naming_the_file(own_workspac
     assert code == 2
     assert_one_error_line(stderr, f"gdpipe: error: {spoiled}: ", message)
     assert {name: (folder / name).read_bytes() for name in kept} == before, "an earlier result was lost"
-    assert not (folder / "published.json").exists() and not (folder / "runs.json").exists() and not (tmp_path / "store").exists()
+    assert (
+        not (folder / "published.json").exists()
+        and not (folder / "runs.json").exists()
+        and not (tmp_path / "store").exists()
+    )
     assert not [path for path in folder.rglob("*") if path.name.endswith(".tmp")]
 
 
 def test_models_and_histories_are_matched_by_variant_not_by_order(tmp_path, monkeypatch):
-    """evaluate pairs models/<variant>.json with history/<variant>.csv in any order; a missing or doubled variant is one line."""
+    """evaluate pairs models/<variant>.json with history/<variant>.csv in any order; a missing or doubled variant is
+    one line.
+    """
     # The lesson's summed gradient: the two variants' trajectories differ, so a mix-up would show.
     folder = build_workspace(tmp_path / "ws", {"train.numpy.gradient": "sum", "train.epochs": 5})
     monkeypatch.chdir(folder)
@@ -186,8 +240,10 @@ def test_models_and_histories_are_matched_by_variant_not_by_order(tmp_path, monk
     assert run_stage(stage("evaluate").main, swapped) == (0, "")
     assert (folder / "swapped.json").read_bytes() == (folder / "metrics.json").read_bytes()
     assert train_outputs(["m/torch.json", "m/numpy.json"], ["h/numpy.csv", "h/torch.csv"]) == {
-        "numpy": (Path("m/numpy.json"), Path("h/numpy.csv")), "torch": (Path("m/torch.json"), Path("h/torch.csv"))}
-    with pytest.raises(InputError, match="expected one <variant>.json model"):  # --models and --histories swapped
+        "numpy": (Path("m/numpy.json"), Path("h/numpy.csv")),
+        "torch": (Path("m/torch.json"), Path("h/torch.csv")),
+    }
+    with pytest.raises(InputError, match=r"expected one <variant>\.json model"):  # --models and --histories swapped
         train_outputs(["h/numpy.csv", "h/torch.csv"], ["m/numpy.json", "m/torch.json"])
 
     doubled = [*EVALUATE_ARGS]
@@ -195,5 +251,8 @@ def test_models_and_histories_are_matched_by_variant_not_by_order(tmp_path, monk
     before = (folder / "metrics.json").read_bytes()
     code, stderr = run_stage(stage("evaluate").main, doubled)
     assert code == 2 and (folder / "metrics.json").read_bytes() == before
-    assert_one_error_line(stderr, "expected one <variant>.json model and one <variant>.csv history for each of numpy, torch",
-                          "models/numpy.json, models/numpy.json, history/numpy.csv, history/torch.csv")
+    assert_one_error_line(
+        stderr,
+        "expected one <variant>.json model and one <variant>.csv history for each of numpy, torch",
+        "models/numpy.json, models/numpy.json, history/numpy.csv, history/torch.csv",
+    )

@@ -16,11 +16,23 @@ from ruamel.yaml import YAML
 
 from gdpipe.core import config
 from gdpipe.core.command import run_main
-from support import REPO, assert_one_error_line, child_env, files_under, load_default_params, run_stage, stage, with_overrides, write_yaml
+from support import (
+    REPO,
+    assert_one_error_line,
+    child_env,
+    files_under,
+    load_default_params,
+    run_stage,
+    stage,
+    with_overrides,
+    write_yaml,
+)
 
 
 def run_generate(params_path) -> int:
-    """The generate stage's exit code with this params file (every stage checks the whole file first); a failure writes nothing."""
+    """The generate stage's exit code with this params file (every stage checks the whole file first); a failure writes
+    nothing.
+    """
     out = params_path.parent / "out" / "dataset.npz"
     code = run_main(stage("generate").main, ["--params", str(params_path), "--out", str(out)])
     assert code == 0 or not out.parent.exists()
@@ -50,7 +62,10 @@ BAD_VALUES = [
     ({"data.n_samples": 0}, "data.n_samples = 0: must be >= 1"),
     ({"data.noise_std": -1.0}, "data.noise_std = -1.0: must be >= 0"),
     ({"train.numpy.gradient": "median"}, "train.numpy.gradient = 'median': must be 'mean' or 'sum'"),
-    ({"data.x_layout": "uniform", "data.x_low": 1.0, "data.x_high": 1.0}, "data: x_low must be < x_high for the uniform layout, got 1.0 and 1.0"),
+    (
+        {"data.x_layout": "uniform", "data.x_low": 1.0, "data.x_high": 1.0},
+        "data: x_low must be < x_high for the uniform layout, got 1.0 and 1.0",
+    ),
     ({"train": [1, 2]}, "train = a list: must be a mapping of lr, epochs, w_init, log_every, numpy, torch"),
 ]
 
@@ -69,7 +84,8 @@ def test_unknown_key_names_the_typo_and_the_allowed_keys(tmp_path, capsys):
     path = write_yaml(tmp_path / "params.yaml", document)
     assert run_generate(path) == 2
     assert capsys.readouterr().err == (
-        f"gdpipe: error: {path}: unknown key 'train.learning_rate' (allowed here: lr, epochs, w_init, log_every, numpy, torch)\n"
+        f"gdpipe: error: {path}: unknown key 'train.learning_rate' "
+        "(allowed here: lr, epochs, w_init, log_every, numpy, torch)\n"
     )
 
 
@@ -85,10 +101,16 @@ def test_missing_key_is_named(tmp_path, capsys):
     ("text", "message"),
     [
         ("", "is empty; expected the sections data, train, evaluate, track, thresholds"),
-        ("- 1\n- 2\n", "the top level must be a mapping of sections (data, train, evaluate, track, thresholds), got a list"),
+        (
+            "- 1\n- 2\n",
+            "the top level must be a mapping of sections (data, train, evaluate, track, thresholds), got a list",
+        ),
         ("train: [1, 2\n", "invalid YAML at line 2, column 1"),
         ("train: {lr: 1}\ntrain: {lr: 2}\n", 'invalid YAML at line 2, column 1: found duplicate key "train"'),
-        ("data: !!python/object/apply:os.system ['echo pwned']\n", "invalid YAML at line 1, column 7: could not determine a constructor for the tag"),
+        (
+            "data: !!python/object/apply:os.system ['echo pwned']\n",
+            "invalid YAML at line 1, column 7: could not determine a constructor for the tag",
+        ),
     ],
 )
 def test_malformed_yaml_is_one_line(tmp_path, capsys, text, message):
@@ -110,7 +132,8 @@ def test_a_renamed_key_names_the_new_name_first_then_the_missing_one(tmp_path, c
     path = write_yaml(tmp_path / "params.yaml", document)
     assert run_generate(path) == 2
     assert capsys.readouterr().err == (
-        f"gdpipe: error: {path}: unknown key 'train.learning_rate' (allowed here: lr, epochs, w_init, log_every, numpy, torch); "
+        f"gdpipe: error: {path}: unknown key 'train.learning_rate' "
+        "(allowed here: lr, epochs, w_init, log_every, numpy, torch); "
         "missing key 'train.lr'\n"
     )
 
@@ -142,7 +165,10 @@ def test_a_stage_with_bad_params_prints_no_traceback_and_writes_nothing(tmp_path
     out = tmp_path / "data" / "dataset.npz"
     done = subprocess.run(
         [sys.executable, str(REPO / "stages" / "generate.py"), "--params", str(path), "--out", str(out)],
-        capture_output=True, text=True, cwd=tmp_path, env=child_env(PYTHONPATH=str(REPO / "src")),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=child_env(PYTHONPATH=str(REPO / "src")),
     )
     assert done.returncode == 2
     assert done.stderr == f"gdpipe: error: {path}: train.lr = -1: must be > 0\n"
@@ -158,9 +184,19 @@ def test_generate_stage_main_writes_the_dataset(tmp_path):
 
 # --- Bad input: params.yaml ------------------------------------------------------------------
 
-SECTIONS = {name: sorted(field.annotation.model_fields) for name, field in config.Params.model_fields.items() if name != "thresholds"}
+SECTIONS = {
+    name: sorted(field.annotation.model_fields)
+    for name, field in config.Params.model_fields.items()
+    if name != "thresholds"
+}
 LEAVES = [f"{section}.{key}" for section, keys in SECTIONS.items() for key in keys if key not in ("numpy", "torch")]
-LEAVES += ["train.numpy.gradient", "train.torch.device", "thresholds.loss", "thresholds.loss.max", "thresholds.abs_error.max"]
+LEAVES += [
+    "train.numpy.gradient",
+    "train.torch.device",
+    "thresholds.loss",
+    "thresholds.loss.max",
+    "thresholds.abs_error.max",
+]
 PATHS = [*config.Params.model_fields, *LEAVES, "train.numpy", "train.torch"]
 
 scalars = st.one_of(
@@ -174,7 +210,11 @@ scalars = st.one_of(
     st.text(alphabet="\n\t\"'#:{}[],&*!|>%@`\\ \x85\u2028", max_size=8),
     st.sampled_from(["x" * 2000, "1e-3", "0x10", ".inf", "NaN", "yes", "null", "~", "mean", "cuda"]),
 )
-garbage = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6) | st.integers(), inner, max_size=4), max_leaves=12)
+garbage = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6) | st.integers(), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def _set(document: dict, dotted: str, value: object) -> None:
@@ -199,14 +239,32 @@ def malformed_params(draw):
     if kind == "text":  # raw text: a YAML tag, a truncated file, deep nesting, a broken line
         text = (REPO / "params.yaml").read_text()
         lines = text.splitlines(keepends=True)
-        tag = draw(st.sampled_from([
-            "!!python/object/apply:os.system ['touch pwned']", "!!python/name:os.system", "!!python/object/new:dict []",
-            "!custom 1", "!!binary aGVsbG8=", "!!set {a, b}", "!!timestamp 2001-12-14", "!!float nan", "!!int 1e3",
-            "[" * 3000 + "]" * 3000, "{a: " * 2000 + "1" + "}" * 2000, "9" * 5000, "&a [*a]", "*undefined", "'unclosed",
-        ]))
-        target = draw(st.sampled_from([i for i, line in enumerate(lines) if ": " in line and not line.lstrip().startswith("#")]))
-        key_text, _, rest = lines[target].partition(": ")
-        mutated = lines[:target] + [f"{key_text}: {tag}\n"] + lines[target + 1 :]
+        tag = draw(
+            st.sampled_from(
+                [
+                    "!!python/object/apply:os.system ['touch pwned']",
+                    "!!python/name:os.system",
+                    "!!python/object/new:dict []",
+                    "!custom 1",
+                    "!!binary aGVsbG8=",
+                    "!!set {a, b}",
+                    "!!timestamp 2001-12-14",
+                    "!!float nan",
+                    "!!int 1e3",
+                    "[" * 3000 + "]" * 3000,
+                    "{a: " * 2000 + "1" + "}" * 2000,
+                    "9" * 5000,
+                    "&a [*a]",
+                    "*undefined",
+                    "'unclosed",
+                ]
+            )
+        )
+        target = draw(
+            st.sampled_from([i for i, line in enumerate(lines) if ": " in line and not line.lstrip().startswith("#")])
+        )
+        key_text = lines[target].partition(": ")[0]
+        mutated = [*lines[:target], f"{key_text}: {tag}\n", *lines[target + 1 :]]
         if draw(st.booleans()):
             mutated = ["".join(mutated)[: draw(st.integers(0, len(text)))]]
         return "".join(mutated), None
@@ -218,7 +276,9 @@ def malformed_params(draw):
     elif kind == "delete":
         _delete(document, path)
     else:
-        section = draw(st.sampled_from([None, *config.Params.model_fields, "train.numpy", "train.torch", "thresholds.loss"]))
+        section = draw(
+            st.sampled_from([None, *config.Params.model_fields, "train.numpy", "train.torch", "thresholds.loss"])
+        )
         name = draw(st.text(min_size=1, max_size=12) | st.integers() | st.sampled_from([None, True, 1.5]))
         parent = document
         for part in section.split(".") if section else []:
@@ -251,13 +311,21 @@ def _dump(document: object) -> str:
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(malformed_params())
 @example(("data: " + "[" * 5000 + "]" * 5000 + "\n", None))  # nested deeper than Python's recursion limit
-@example(((REPO / "params.yaml").read_text().replace("epochs: 100", "epochs: " + "9" * 5000), None))  # beyond int()'s digit limit
+@example(
+    ((REPO / "params.yaml").read_text().replace("epochs: 100", "epochs: " + "9" * 5000), None)
+)  # beyond int()'s digit limit
 @example(((REPO / "params.yaml").read_text() + "1: 2\n", "1"))  # keys that are not strings
 @example(((REPO / "params.yaml").read_text() + "null: 2\n", "None"))
-@example(((REPO / "params.yaml").read_text().replace("lr: 0.01 ", f"lr: '{'y' * 100_000}' "), "train.lr"))  # a pasted blob
-@example(((REPO / "params.yaml").read_text().replace("  loss: {max", f"  {'z' * 1000}: {{max"), "thresholds"))  # YAML's longest plain key
+@example(
+    ((REPO / "params.yaml").read_text().replace("lr: 0.01 ", f"lr: '{'y' * 100_000}' "), "train.lr")
+)  # a pasted blob
+@example(
+    ((REPO / "params.yaml").read_text().replace("  loss: {max", f"  {'z' * 1000}: {{max"), "thresholds")
+)  # YAML's longest plain key
 def test_malformed_params_load_or_fail_with_one_line_naming_the_key(case):
-    """Any params.yaml either loads into a valid Params or exits 2 with one short line naming the key; nothing is written."""
+    """Any params.yaml either loads into a valid Params or exits 2 with one short line naming the key; nothing is
+    written.
+    """
     text, key = case
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "params.yaml"
@@ -272,7 +340,8 @@ def test_malformed_params_load_or_fail_with_one_line_naming_the_key(case):
         assert_one_error_line(stderr, str(path))
         assert len(stderr) < 600, f"{len(stderr)} characters: {stderr[:300]}"
         if key is not None:
-            # The key itself, or its section when a rule about the whole section broke ("thresholds.loss: sets no bound").
+            # The key itself, or its section when a rule about the whole section broke ("thresholds.loss: sets no
+            # bound").
             assert key[:40] in stderr or f": {key.rpartition('.')[0]}: " in stderr, (key, stderr)
         out = Path(folder) / "out" / "dataset.npz"
         assert run_stage(stage("generate").main, ["--params", str(path), "--out", str(out)]) == (code, stderr)
@@ -282,9 +351,17 @@ def test_malformed_params_load_or_fail_with_one_line_naming_the_key(case):
 
 def test_a_yaml_tag_that_would_run_code_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
-    for tag in ("!!python/object/apply:os.system", "!!python/object/apply:subprocess.call", "!!python/object/new:os.system"):
+    for tag in (
+        "!!python/object/apply:os.system",
+        "!!python/object/apply:subprocess.call",
+        "!!python/object/new:os.system",
+    ):
         params = tmp_path / "params.yaml"
-        params.write_text((REPO / "params.yaml").read_text().replace("experiment: gradient-descent", f"experiment: {tag} [touch {marker}]"))
+        params.write_text(
+            (REPO / "params.yaml")
+            .read_text()
+            .replace("experiment: gradient-descent", f"experiment: {tag} [touch {marker}]")
+        )
         code, stderr = run_stage(config.main, [str(params)])
         assert code == 2 and not marker.exists()
         assert_one_error_line(stderr, str(params), "could not determine a constructor for the tag")

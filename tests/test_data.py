@@ -15,7 +15,15 @@ from support import REPO, child_env, load_default_params, with_overrides, write_
 
 
 def test_uniform_layout_and_noise(params):
-    p = params({"data.x_layout": "uniform", "data.x_low": -3.0, "data.x_high": 5.0, "data.n_samples": 200_000, "data.noise_std": 0.5})
+    p = params(
+        {
+            "data.x_layout": "uniform",
+            "data.x_low": -3.0,
+            "data.x_high": 5.0,
+            "data.n_samples": 200_000,
+            "data.noise_std": 0.5,
+        }
+    )
     generated = data.generate(p.data)
     assert generated.x.min() >= -3.0 and generated.x.max() < 5.0
     assert generated.x.mean() == pytest.approx(1.0, abs=0.05)
@@ -31,7 +39,10 @@ def test_noise_does_not_change_x(params):
 
 def _peak_rss_of_generate(tmp_path, n: int) -> int:
     """Peak resident memory (bytes) of the generate stage run as its own process."""
-    params = write_yaml(tmp_path / f"p{n}.yaml", with_overrides(load_default_params(), {"data.n_samples": n, "data.noise_std": 1.0, "data.x_layout": "uniform"}))
+    params = write_yaml(
+        tmp_path / f"p{n}.yaml",
+        with_overrides(load_default_params(), {"data.n_samples": n, "data.noise_std": 1.0, "data.x_layout": "uniform"}),
+    )
     script = (
         "import resource, sys;"
         "sys.path.insert(0, 'stages'); import generate; generate.main(sys.argv[1:]);"
@@ -39,7 +50,11 @@ def _peak_rss_of_generate(tmp_path, n: int) -> int:
     )
     done = subprocess.run(
         [sys.executable, "-c", script, "--params", str(params), "--out", str(tmp_path / f"d{n}.npz")],
-        cwd=REPO, capture_output=True, text=True, check=True, env=child_env(PYTHONPATH=str(REPO / "src")),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=child_env(PYTHONPATH=str(REPO / "src")),
     )
     return int(done.stdout)
 
@@ -57,12 +72,21 @@ def test_ten_million_points_use_memory_close_to_the_arrays(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"data.true_w": 1e19}, r"y = true_w \* x \+ noise reaches 4e\+19 .* y\^2, the loss at w = 0, must fit float32 \(\|y\| < 1\.84e\+19\)"),
-        ({"data.x_layout": "uniform", "data.x_low": -1e20, "data.x_high": 1e20}, r"\|x\| reaches .*e\+19, and x\^2 must fit float32"),
+        (
+            {"data.true_w": 1e19},
+            r"y = true_w \* x \+ noise reaches 4e\+19 .* y\^2, the loss at w = 0, "
+            r"must fit float32 \(\|y\| < 1\.84e\+19\)",
+        ),
+        (
+            {"data.x_layout": "uniform", "data.x_low": -1e20, "data.x_high": 1e20},
+            r"\|x\| reaches .*e\+19, and x\^2 must fit float32",
+        ),
     ],
 )
 def test_data_whose_squares_overflow_float32_is_refused(params, overrides, message):
-    """Beyond sqrt(float32 max) the loss overflows before the first step, whatever the learning rate: refused, not 'diverged'."""
+    """Beyond sqrt(float32 max) the loss overflows before the first step, whatever the learning rate: refused, not
+    'diverged'.
+    """
     with pytest.raises(InputError, match=message):
         data.generate(params(overrides).data)
     edge = params({"data.true_w": 4.6e18}).data  # y up to 1.84e19 - a little: still trains
@@ -70,7 +94,9 @@ def test_data_whose_squares_overflow_float32_is_refused(params, overrides, messa
 
 
 def test_the_overflow_check_sees_nan_and_infinity_in_any_chunk():
-    """generate's checks rest on the largest |value|: a NaN or infinity in a late chunk must not hide behind finite ones."""
+    """generate's checks rest on the largest |value|: a NaN or infinity in a late chunk must not hide behind finite
+    ones.
+    """
     values = np.ones(3 * (1 << 20) + 5, dtype=np.float32)
     for bad in (np.nan, np.inf):
         values[-1] = bad

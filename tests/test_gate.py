@@ -25,8 +25,6 @@ from gdpipe.core.command import InputError, run_main
 from gdpipe.core.config import Bound
 from support import REPO
 
-
-
 # metrics.json of the lesson's run (100 epochs, lr 0.01, x = 1..4, y = 2x), as evaluate writes it.
 # Both variants end the lesson on the same float32 w, so their sections are equal.
 LESSON_VARIANT = {
@@ -90,7 +88,10 @@ def test_leaving_the_section_out_is_an_error(tmp_path):
 
 
 def test_thresholds_name_metrics_for_every_variant_one_variant_or_the_parity(tmp_path):
-    text = "thresholds: {w: {min: 1.9, max: 2.1}, torch.loss: {max_rel_increase: 0.1, baseline_rev: main}, parity.max_abs_w_diff: {max: 0}}"
+    text = (
+        "thresholds: {w: {min: 1.9, max: 2.1}, torch.loss: {max_rel_increase: 0.1, baseline_rev: main}, "
+        "parity.max_abs_w_diff: {max: 0}}"
+    )
     (tmp_path / "params.yaml").write_text(params_yaml(text))
     assert config.load(tmp_path / "params.yaml").thresholds == {
         "w": Bound(min=1.9, max=2.1),
@@ -118,7 +119,10 @@ def test_the_lessons_metrics_pass_the_default_bounds():
 
 def test_a_bound_tighter_than_the_result_fails_and_names_the_metric():
     results = gate.check(LESSON, {"abs_error": Bound(max=0.01), "loss": Bound(max=1e-13)}, {})
-    assert [(result.metric, result.variant) for result in results if not result.passed] == [("loss", "numpy"), ("loss", "torch")]
+    assert [(result.metric, result.variant) for result in results if not result.passed] == [
+        ("loss", "numpy"),
+        ("loss", "torch"),
+    ]
     assert gate.verdict(results) == "FAIL: 2 of 6 checks failed: loss (numpy), loss (torch)"
     table = gate.format_table(results).splitlines()
     assert table[0].split() == ["metric", "variant", "value", "bound", "result"]
@@ -146,7 +150,10 @@ def test_min_and_max_are_inclusive_absolute_bounds(value, low, width):
 def test_a_variant_prefix_bounds_that_variant_only():
     metrics = lesson(numpy=LESSON["numpy"] | {"w": 5.0})
     results = gate.check(metrics, {"torch.w": Bound(min=1.9, max=2.1)}, {})
-    assert rows(results)[2:] == [("w", "torch", 1.9999996423721313, ">= 1.9", True), ("w", "torch", 1.9999996423721313, "<= 2.1", True)]
+    assert rows(results)[2:] == [
+        ("w", "torch", 1.9999996423721313, ">= 1.9", True),
+        ("w", "torch", 1.9999996423721313, "<= 2.1", True),
+    ]
     assert gate.passed(results)
     assert not gate.passed(gate.check(metrics, {"w": Bound(min=1.9, max=2.1)}, {}))
 
@@ -209,7 +216,13 @@ def test_a_relative_bound_allows_the_given_fraction_above_the_baseline():
 def test_a_relative_bound_on_a_negative_baseline_still_allows_an_increase_of_its_size():
     base = {"v1": lesson(numpy=LESSON["numpy"] | {"w": -2.0})}
     bound = {"numpy.w": Bound(max_rel_increase=0.1, baseline_rev="v1")}
-    assert rows(gate.check(lesson(numpy=LESSON["numpy"] | {"w": -1.85}), bound, base))[2] == ("w", "numpy", -1.85, "<= -1.8 (v1 -2 +10%)", True)
+    assert rows(gate.check(lesson(numpy=LESSON["numpy"] | {"w": -1.85}), bound, base))[2] == (
+        "w",
+        "numpy",
+        -1.85,
+        "<= -1.8 (v1 -2 +10%)",
+        True,
+    )
     assert not gate.check(lesson(numpy=LESSON["numpy"] | {"w": -1.75}), bound, base)[2].passed
 
 
@@ -262,21 +275,30 @@ def test_the_command_exits_1_and_names_the_failing_metric_in_the_output_and_the_
 def test_without_the_plot_the_report_says_so_and_the_verdict_stands(workdir, capsys):
     (workdir / "plots" / "curves.png").unlink()
     assert gate.main([]) == 0
-    assert "plots/curves.png does not exist (run dvc repro)" in (workdir / "reports" / "check.md").read_text(encoding="utf-8")
+    assert "plots/curves.png does not exist (run dvc repro)" in (workdir / "reports" / "check.md").read_text(
+        encoding="utf-8"
+    )
     assert not (workdir / "reports" / "check.png").exists()
 
 
 @pytest.mark.parametrize(
     ("thresholds", "message"),
     [
-        ("thresholds: {lossy: {max: 1}}", "thresholds: unknown metric 'lossy' (allowed: loss, abs_error, w, prediction, w_star_distance for every variant"),
+        (
+            "thresholds: {lossy: {max: 1}}",
+            "thresholds: unknown metric 'lossy' (allowed: loss, abs_error, w, prediction, w_star_distance for every "
+            "variant",
+        ),
         ("thresholds: {numpy.diverged: {max: 0}}", "unknown metric 'numpy.diverged'"),
         ("thresholds: {loss: {min: 1, max: 0.5}}", "thresholds.loss: min must be <= max, got min 1 and max 0.5"),
         ("thresholds: {loss: {max: '0.01'}}", "thresholds.loss.max = '0.01': must be a number"),
         ("thresholds: {loss: {max: .nan}}", "thresholds.loss.max = nan: must be a finite number"),
         ("thresholds: {loss: {max: true}}", "thresholds.loss.max = True: must be a number"),
         ("thresholds: {loss: {}}", "thresholds.loss: sets no bound: give max, min and/or max_rel_increase"),
-        ("thresholds: {loss: {maximum: 1}}", "unknown key 'thresholds.loss.maximum' (allowed here: min, max, max_rel_increase, baseline_rev)"),
+        (
+            "thresholds: {loss: {maximum: 1}}",
+            "unknown key 'thresholds.loss.maximum' (allowed here: min, max, max_rel_increase, baseline_rev)",
+        ),
         ("thresholds: {loss: {max_rel_increase: -0.1}}", "thresholds.loss.max_rel_increase = -0.1: must be >= 0"),
         ("thresholds: {loss: {max: 1, baseline_rev: main}}", "baseline_rev is used only with max_rel_increase"),
         ("thresholds: {}", "thresholds: sets no threshold"),
@@ -296,7 +318,10 @@ def test_invalid_thresholds_are_one_line_and_exit_2(workdir, capsys, thresholds,
 def test_a_missing_metrics_file_is_bad_input_not_a_failure(workdir, capsys):
     (workdir / "metrics.json").unlink()
     assert run_main(gate.main, []) == 2
-    assert capsys.readouterr().err == "gdpipe: error: metrics.json: no such file (run the stage that writes it: dvc repro)\n"
+    assert (
+        capsys.readouterr().err
+        == "gdpipe: error: metrics.json: no such file (run the stage that writes it: dvc repro)\n"
+    )
 
 
 # --- a baseline read through DVC from a git repository -------------------------------------------
@@ -304,14 +329,27 @@ def test_a_missing_metrics_file_is_bad_input_not_a_failure(workdir, capsys):
 
 def isolated_env() -> dict[str, str]:
     """The environment for git, DVC and make in a temporary repository: no outer repo, user config or telemetry."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("GIT_", "DVC_")) and key != "PYTHONPATH"}
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("GIT_", "DVC_")) and key != "PYTHONPATH"
+    }
     identity = {"GIT_AUTHOR_NAME": "gdpipe tests", "GIT_AUTHOR_EMAIL": "tests@gdpipe.invalid"}
     identity |= {"GIT_COMMITTER_NAME": "gdpipe tests", "GIT_COMMITTER_EMAIL": "tests@gdpipe.invalid"}
-    return env | identity | {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return (
+        env
+        | identity
+        | {
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "DVC_NO_ANALYTICS": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        }
+    )
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=cwd, env=isolated_env() | (env or {}), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        command, cwd=cwd, env=isolated_env() | (env or {}), capture_output=True, text=True, timeout=300
+    )
 
 
 def commit(repo: Path, message: str) -> None:
@@ -333,7 +371,9 @@ def test_a_baseline_bound_compares_with_metrics_committed_at_a_revision(workdir,
 
     def gate_with(loss: float, rev: str) -> int:
         (workdir / "metrics.json").write_text(json.dumps(lesson(numpy=LESSON["numpy"] | {"loss": loss})))
-        (workdir / "params.yaml").write_text(params_yaml(f"thresholds: {{numpy.loss: {{max_rel_increase: 0.5, baseline_rev: '{rev}'}}}}"))
+        (workdir / "params.yaml").write_text(
+            params_yaml(f"thresholds: {{numpy.loss: {{max_rel_increase: 0.5, baseline_rev: '{rev}'}}}}")
+        )
         return run_main(gate.main, [])
 
     assert gate_with(1.4e-12, "HEAD") == 0
@@ -343,9 +383,15 @@ def test_a_baseline_bound_compares_with_metrics_committed_at_a_revision(workdir,
     assert gate_with(1.6e-12, "HEAD~1") == 0
     assert "<= 4.5e-12 (HEAD~1 3e-12 +50%)  pass" in capsys.readouterr().out
     assert gate_with(1.0e-12, "no-such-branch") == 2
-    assert capsys.readouterr().err == "gdpipe: error: thresholds: baseline_rev 'no-such-branch' is not a revision of this git repository\n"
+    assert (
+        capsys.readouterr().err
+        == "gdpipe: error: thresholds: baseline_rev 'no-such-branch' is not a revision of this git repository\n"
+    )
     assert gate_with(1.0e-12, "HEAD~2") == 2
-    assert capsys.readouterr().err == "gdpipe: error: thresholds: metrics.json does not exist at baseline_rev 'HEAD~2'; commit it there first\n"
+    assert (
+        capsys.readouterr().err
+        == "gdpipe: error: thresholds: metrics.json does not exist at baseline_rev 'HEAD~2'; commit it there first\n"
+    )
 
 
 # --- `make check` on a copy of this project ------------------------------------------------------
@@ -370,7 +416,9 @@ def test_make_check_passes_a_threshold_edit_reruns_nothing_and_5_epochs_fail(own
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASS: all 7 checks passed" in done.stdout
     assert (project / "reports" / "check.png").read_bytes() == (project / "plots" / "curves.png").read_bytes()
-    assert "![Loss and w per epoch of both variants](check.png)" in (project / "reports" / "check.md").read_text(encoding="utf-8")
+    assert "![Loss and w per epoch of both variants](check.png)" in (project / "reports" / "check.md").read_text(
+        encoding="utf-8"
+    )
 
     # A tighter bound reruns no stage, and the gate alone fails on it.
     set_in_params(project, "loss: {max: 1.0e-4}", "loss: {max: 1.0e-13}")
@@ -389,7 +437,10 @@ def test_make_check_passes_a_threshold_edit_reruns_nothing_and_5_epochs_fail(own
     assert failed == {("abs_error", "numpy"), ("abs_error", "torch"), ("loss", "numpy"), ("loss", "torch")}
     assert "FAIL: 4 of 7 checks failed: abs_error (numpy), abs_error (torch), loss (numpy), loss (torch)" in done.stdout
     report = (project / "reports" / "check.md").read_text(encoding="utf-8")
-    assert report.startswith("## gdpipe quality gate: FAIL\n\n4 of 7 checks failed: abs_error (numpy), abs_error (torch), loss (numpy), loss (torch).")
+    assert report.startswith(
+        "## gdpipe quality gate: FAIL\n\n"
+        "4 of 7 checks failed: abs_error (numpy), abs_error (torch), loss (numpy), loss (torch)."
+    )
     metrics = json.loads((project / "metrics.json").read_text())
     assert metrics["numpy"]["epochs_trained"] == 5
     assert f"| `abs_error` | numpy | {gate._number(metrics['numpy']['abs_error'])} | <= 0.01 | ❌ **FAIL** |" in report

@@ -39,7 +39,9 @@ def lessons_loss(y_hat, y):
 @settings(max_examples=300, deadline=None)
 @given(problems())
 def test_hand_gradient_equals_autograd(problem):
-    """micrograd-style parity: the lesson's loss through torch.autograd, and mse and mse_grad by hand, at the same point."""
+    """micrograd-style parity: the lesson's loss through torch.autograd, and mse and mse_grad by hand, at the same
+    point.
+    """
     w, x, y = problem
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
     w_t = torch.tensor(float(w), dtype=torch.float64, requires_grad=True)
@@ -62,7 +64,9 @@ def test_mse_and_its_gradient_on_float32_data_are_the_formulas_summed_in_float64
     assert linear.mse(y_hat, y) == pytest.approx(np.mean(r * r), rel=1e-12, abs=1e-300)
     scale = 1e-9 * np.mean(np.abs(x * r))
     assert linear.mse_grad(x, y, y_hat) == pytest.approx(2 * np.mean(x.astype(np.float64) * r), rel=1e-9, abs=scale)
-    assert linear.lesson_grad(x, y, y_hat) == pytest.approx(x.size * linear.mse_grad(x, y, y_hat), rel=1e-12, abs=1e-300)
+    assert linear.lesson_grad(x, y, y_hat) == pytest.approx(
+        x.size * linear.mse_grad(x, y, y_hat), rel=1e-12, abs=1e-300
+    )
 
 
 def test_every_chunk_counts_once():
@@ -85,15 +89,25 @@ def test_float64_sums_keep_digits_that_float32_accumulation_loses():
 
 
 def test_sums_over_the_data_are_float64_accurate_where_float32_accumulation_is_not():
-    """Against math.fsum (exact, then rounded once): float64 chunked sums are off by rounding, a float32 running sum is not close."""
+    """Against math.fsum (exact, then rounded once): float64 chunked sums are off by rounding, a float32 running sum is
+    not close.
+    """
     rng = np.random.default_rng(3)
     n = 5 * linear.CHUNK + 3
     x = rng.uniform(0, 3, n).astype(np.float32)
     y = (2 * x + rng.normal(0, 1, n)).astype(np.float32)
     y_hat = linear.predict(np.float32(1.9), x)
     r = (y_hat - y).astype(np.float64)
-    exact = {"rr": math.fsum((r * r).tolist()), "xr": math.fsum((x * r).tolist()), "xy": math.fsum((x.astype(np.float64) * y).tolist())}
-    scale = {"rr": exact["rr"], "xr": math.fsum(np.abs(x * r).tolist()), "xy": math.fsum(np.abs(x.astype(np.float64) * y).tolist())}
+    exact = {
+        "rr": math.fsum((r * r).tolist()),
+        "xr": math.fsum((x * r).tolist()),
+        "xy": math.fsum((x.astype(np.float64) * y).tolist()),
+    }
+    scale = {
+        "rr": exact["rr"],
+        "xr": math.fsum(np.abs(x * r).tolist()),
+        "xy": math.fsum(np.abs(x.astype(np.float64) * y).tolist()),
+    }
     ours = {"rr": linear.mse(y_hat, y) * n, "xr": linear.lesson_grad(x, y, y_hat) / 2, "xy": linear.dot64(x, y)}
     for key in exact:
         assert abs(ours[key] - exact[key]) <= 1e-11 * scale[key], key  # float64 rounding over 3e5 terms
@@ -109,8 +123,8 @@ n = 3 * linear.CHUNK + 17
 x = rng.uniform(-1, 1, n).astype(np.float32)
 y = (2 * x + rng.normal(0, 0.3, n)).astype(np.float32)
 y_hat = linear.predict(np.float32(1.37), x)
-sums = linear.mse(y_hat, y), linear.mse_grad(x, y, y_hat), linear.lesson_grad(x, y, y_hat), linear.dot64(x, y), linear.dot64(x, x)
-print(*(float(v).hex() for v in sums))
+gradients = linear.mse_grad(x, y, y_hat), linear.lesson_grad(x, y, y_hat)
+print(*(float(v).hex() for v in (linear.mse(y_hat, y), *gradients, linear.dot64(x, y), linear.dot64(x, x))))
 """
 # Other kernels than the one this machine picks: OpenBLAS's SSE3 baseline, NumPy without its AVX loops.
 NO_AVX = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR AVX2 FMA3"
@@ -119,12 +133,18 @@ KERNELS = [{}, {"OPENBLAS_CORETYPE": "Prescott"}, {"NPY_DISABLE_CPU_FEATURES": N
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the kernels named are x86-64's")
 def test_sums_over_the_data_do_not_depend_on_the_kernel_the_machine_picks():
-    """The loss, both gradients, sum(xy) and sum(x^2) are bit-identical whichever BLAS or SIMD kernel runs (each in its own process)."""
+    """The loss, both gradients, sum(xy) and sum(x^2) are bit-identical whichever BLAS or SIMD kernel runs (each in its
+    own process).
+    """
     results = set()
     for kernel in KERNELS:
         env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")}
         done = subprocess.run(
-            [sys.executable, "-c", SUMS_SCRIPT], env=env | kernel | {"PYTHONPATH": str(REPO / "src")}, capture_output=True, text=True, check=True
+            [sys.executable, "-c", SUMS_SCRIPT],
+            env=env | kernel | {"PYTHONPATH": str(REPO / "src")},
+            capture_output=True,
+            text=True,
+            check=True,
         )
         results.add(done.stdout)
     assert len(results) == 1, results
@@ -140,7 +160,12 @@ def test_sums_do_not_go_through_blas(monkeypatch):
     y_hat = linear.predict(np.float32(0.5), x)
 
     def sums():
-        return linear.mse(y_hat, 2 * x), linear.mse_grad(x, 2 * x, y_hat), linear.optimal_w(x, 2 * x), linear.lr_bound(x)
+        return (
+            linear.mse(y_hat, 2 * x),
+            linear.mse_grad(x, 2 * x, y_hat),
+            linear.optimal_w(x, 2 * x),
+            linear.lr_bound(x),
+        )
 
     expected = sums()
     for name in ("dot", "vdot", "inner", "matmul", "vecdot"):
@@ -166,7 +191,9 @@ def test_lr_bound_of_the_lessons_data():
 @settings(max_examples=200, deadline=None)
 @given(problems())
 def test_torch_variants_fused_loss_is_the_lessons_loss(problem):
-    """The torch variant uses F.mse_loss for a leaner graph: same value and same autograd gradient as the lesson's loss."""
+    """The torch variant uses F.mse_loss for a leaner graph: same value and same autograd gradient as the lesson's
+    loss.
+    """
     w, x, y = problem
     x_t, y_t = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(y.astype(np.float64))
     grads, losses = [], []

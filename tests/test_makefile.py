@@ -1,24 +1,91 @@
-"""The Makefile as a user meets it: what `make ui` binds."""
+"""The Makefile as a user meets it: `make help`, what `make ui` binds, every target from a path with a space."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import signal
 import subprocess
+import urllib.request
+from pathlib import Path
 
-from support import REPO
+import pytest
+
+from conftest import stages_run
+from support import REPO, child_env, free_port, wait_for_server
 
 
 def test_the_mlflow_ui_listens_on_localhost_unless_the_user_asks_otherwise():
     """`make ui` (the only server gdpipe starts) binds 127.0.0.1; UI_HOST=0.0.0.0 is the user's explicit choice."""
+
     def ui_command(*overrides: str) -> str:
-        done = subprocess.run(["make", "-n", "-o", ".venv/.installed", "ui", *overrides], cwd=REPO, capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            ["make", "-n", "-o", ".venv/.installed", "ui", *overrides],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return done.stdout
 
     assert " --host 127.0.0.1 " in ui_command()
     assert " --host 0.0.0.0 " in ui_command("UI_HOST=0.0.0.0")
     sources = [REPO / "Makefile", *(REPO / "src" / "gdpipe").rglob("*.py"), *(REPO / "stages").glob("*.py")]
-    starters = [path.name for path in sources if re.search(r"mlflow\W+(ui|server)\b|0\.0\.0\.0|host=", path.read_text())]
+    starters = [
+        path.name for path in sources if re.search(r"mlflow\W+(ui|server)\b|0\.0\.0\.0|host=", path.read_text())
+    ]
     assert starters == ["Makefile"], starters  # no other place starts a server or binds every interface
 
 
+def test_make_help_lists_every_target_a_user_runs():
+    done = subprocess.run(
+        ["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    listed = [line.split()[0] for line in done.stdout.splitlines()]
+    assert listed == ["help", "venv", "repro", "test", "lint", "check", "bench", "ui", "sweep", "clean"]
+    assert all(len(line.split(maxsplit=1)) == 2 for line in done.stdout.splitlines())  # each with what it does
 
+
+@pytest.fixture
+def spaced_repo(reproduced_repo, tmp_path) -> Path:
+    """A reproduced copy of the project in a folder whose path has a space."""
+    repo = tmp_path / "my projects" / "gdpipe"
+    shutil.copytree(reproduced_repo, repo, symlinks=True)
+    shutil.rmtree(repo / "mlruns")
+    (repo / "mlruns").mkdir()
+    return repo
+
+
+def test_make_check_and_make_ui_work_from_a_path_with_a_space(spaced_repo, reaper):
+    params = (spaced_repo / "params.yaml").read_text()
+    # A new seed (the same grid) and one more epoch: every stage reruns.
+    (spaced_repo / "params.yaml").write_text(
+        params.replace("  seed: 0\n", "  seed: 1\n").replace("  epochs: 100\n", "  epochs: 101\n")
+    )
+    # -o: the copy's .venv is this checkout's (a symlink); never let make reinstall it from the copy.
+    done = subprocess.run(
+        ["make", "-o", ".venv/.installed", "check"], cwd=spaced_repo, capture_output=True, text=True, env=child_env()
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert stages_run(done.stdout) == {"generate", "train@numpy", "train@torch", "evaluate", "track"}
+    assert "PASS: all 7 checks passed" in done.stdout and done.stdout.count(": new run ") == 2
+    assert (spaced_repo / "mlruns" / "mlflow.db").exists()
+    port = free_port()
+    log = spaced_repo / "ui.log"
+    with log.open("w") as out:
+        ui = subprocess.Popen(
+            ["make", "-o", ".venv/.installed", "ui", f"UI_PORT={port}"],
+            cwd=spaced_repo, stdout=out, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
+        )  # fmt: skip
+    reaper(ui)
+    try:
+        wait_for_server(f"http://127.0.0.1:{port}", ui, log)
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=gradient-descent"
+        ) as answer:
+            assert json.load(answer)["experiment"]["name"] == "gradient-descent"  # the UI reads this project's store
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)

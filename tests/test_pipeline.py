@@ -40,8 +40,12 @@ def test_repro_produces_the_expected_metrics(reproduced_repo):
 
 def test_outputs_are_deterministic_so_the_committed_lock_holds(reproduced_repo):
     """A fresh checkout's repro reproduces dvc.lock and metrics.json as committed: git status stays clean."""
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=reproduced_repo, capture_output=True, text=True, check=True)
-    assert status.stdout == "", "outputs differ from the committed dvc.lock/metrics.json (rerun dvc repro and commit):\n" + status.stdout
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=reproduced_repo, capture_output=True, text=True, check=True
+    )
+    assert status.stdout == "", (
+        "outputs differ from the committed dvc.lock/metrics.json (rerun dvc repro and commit):\n" + status.stdout
+    )
     assert json.loads((reproduced_repo / "metrics.json").read_text()) == json.loads((REPO / "metrics.json").read_text())
 
 
@@ -73,19 +77,30 @@ def test_repro_reruns_exactly_what_a_change_touches(own_reproduced_repo):
     _set_param(repo, "train", "learning_rate", 0.5)
     done = dvc(repo, "repro", check=False)
     assert done.returncode != 0 and stages_run(done.stdout) == {"track"}
-    assert "gdpipe: error: params.yaml: unknown key 'train.learning_rate' (allowed here: lr, epochs" in done.stderr + done.stdout
+    assert (
+        "gdpipe: error: params.yaml: unknown key 'train.learning_rate' (allowed here: lr, epochs"
+        in done.stderr + done.stdout
+    )
     assert "Traceback" not in done.stderr + done.stdout
 
 
 def test_make_repro_stops_a_bad_params_file_before_dvc_touches_any_output(own_reproduced_repo):
     """DVC removes a stage's outputs before running it; make repro checks params.yaml first, so nothing goes."""
     repo = own_reproduced_repo
-    outputs = {path: path.read_bytes() for path in (repo / "data" / "dataset.npz", repo / "history" / "numpy.csv", repo / "metrics.json")}
+    outputs = {
+        path: path.read_bytes()
+        for path in (repo / "data" / "dataset.npz", repo / "history" / "numpy.csv", repo / "metrics.json")
+    }
     _set_param(repo, "data", "sead", 1)
-    done = subprocess.run(["make", "-o", ".venv/.installed", "repro"], cwd=repo, capture_output=True, text=True, env=child_env())
+    done = subprocess.run(
+        ["make", "-o", ".venv/.installed", "repro"], cwd=repo, capture_output=True, text=True, env=child_env()
+    )
     assert done.returncode == 2 and stages_run(done.stdout) == set()
     gdpipe_lines = [line for line in done.stderr.splitlines() if line.startswith("gdpipe")]
-    assert gdpipe_lines == ["gdpipe: error: params.yaml: unknown key 'data.sead' (allowed here: n_samples, true_w, noise_std, seed, x_layout, x_low, x_high)"]
+    assert gdpipe_lines == [
+        "gdpipe: error: params.yaml: unknown key 'data.sead' "
+        "(allowed here: n_samples, true_w, noise_std, seed, x_layout, x_low, x_high)"
+    ]
     assert {path: path.read_bytes() for path in outputs} == outputs
 
 
@@ -126,7 +141,9 @@ def test_each_stage_declares_every_package_module_it_runs(reproduced_repo, tmp_p
     assert uncovered == set(), f"{address} runs modules no dep in dvc.yaml covers"
     heavy = {library for library, stage in HEAVY_IMPORTS.items() if library in modules}
     assert heavy == {library for library, stage in HEAVY_IMPORTS.items() if stage == address}
-    assert dvc(reproduced_repo, "status").stdout.strip() == "Data and pipelines are up to date.", "rerunning a stage changed its outputs"
+    assert dvc(reproduced_repo, "status").stdout.strip() == "Data and pipelines are up to date.", (
+        "rerunning a stage changed its outputs"
+    )
 
 
 def _source(module: str) -> str:
@@ -136,7 +153,9 @@ def _source(module: str) -> str:
 
 
 def test_the_package_root_runs_no_code():
-    """Every stage imports src/gdpipe/__init__.py, which no dep lists: it must stay a docstring, so no change to it can change a result."""
+    """Every stage imports src/gdpipe/__init__.py, which no dep lists: it must stay a docstring, so no change to it can
+    change a result.
+    """
     tree = ast.parse((REPO / "src" / "gdpipe" / "__init__.py").read_text())
     assert len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant)
 
@@ -154,6 +173,21 @@ def test_stages_use_the_project_venv_even_from_another_activated_venv(reproduced
     assert stages_run(done.stdout) == {"generate"} and "not the project venv" not in done.stderr
 
 
+def test_dvc_repro_without_the_venv_says_to_run_make_repro_first(own_reproduced_repo):
+    """Not bash's "No such file or directory" (exit 127) but one line; GDPIPE_PYTHON names another environment."""
+    repo = own_reproduced_repo
+    (repo / ".venv").unlink()  # the copy's symlink to this checkout's venv
+    done = dvc(repo, "repro", "--force", "--single-item", "generate", check=False)
+    assert done.returncode != 0
+    gdpipe_lines = [line for line in done.stderr.splitlines() if line.startswith("gdpipe")]
+    assert gdpipe_lines == [
+        f"gdpipe: error: no Python at {repo}/.venv/bin/python: run 'make repro' once to create .venv, "
+        "or set GDPIPE_PYTHON to a Python with gdpipe's dependencies"
+    ]
+    done = dvc(repo, "repro", "--force", "--single-item", "generate", env=child_env(GDPIPE_PYTHON=sys.executable))
+    assert stages_run(done.stdout) == {"generate"}
+
+
 def test_nothing_phones_home():
     dvc_config = (REPO / ".dvc" / "config").read_text()
     assert "analytics = false" in dvc_config and "check_update = false" in dvc_config
@@ -163,23 +197,42 @@ def test_nothing_phones_home():
 
 # --- interrupted and forced reruns ---------------------------------------------------------
 
-OUTPUTS = ["data/dataset.npz", "history/numpy.csv", "history/torch.csv", "models/numpy.json", "models/torch.json", "metrics.json",
-           "plots/curves.png", "published.json"]
+OUTPUTS = [
+    "data/dataset.npz",
+    "history/numpy.csv",
+    "history/torch.csv",
+    "models/numpy.json",
+    "models/torch.json",
+    "metrics.json",
+    "plots/curves.png",
+    "published.json",
+]
 
 
 def hashes(repo: Path, names=OUTPUTS) -> dict[str, str]:
     return {name: hashlib.sha256((repo / name).read_bytes()).hexdigest() for name in names}
 
 
-def test_ctrl_c_during_dvc_repro_leaves_no_partial_output_and_the_next_repro_gives_the_same_metrics(reproduced_repo, own_reproduced_repo):
-    """Ctrl-C (SIGINT to dvc and its stage) in the middle of training; then the next `dvc repro` completes with the same results."""
+def test_ctrl_c_during_dvc_repro_leaves_no_partial_output_and_the_next_repro_gives_the_same_metrics(
+    reproduced_repo, own_reproduced_repo
+):
+    """Ctrl-C (SIGINT to dvc and its stage) in the middle of training; then the next `dvc repro` completes with the
+    same results.
+    """
     repo = own_reproduced_repo
     (repo / "src" / "sitecustomize.py").write_text(TRAINING_STARTED_HOOK)  # stage commands run with PYTHONPATH=src
     params = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(params.replace("  epochs: 100\n", "  epochs: 3000000\n"))
     started = repo / "started"
-    process = subprocess.Popen([str(VENV_BIN / "dvc"), "repro"], cwd=repo, env=child_env(GDPIPE_TEST_TRAINING_STARTED=str(started)),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [str(VENV_BIN / "dvc"), "repro"],
+        cwd=repo,
+        env=child_env(GDPIPE_TEST_TRAINING_STARTED=str(started)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for(started.exists, process, what="training started")
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
@@ -189,8 +242,13 @@ def test_ctrl_c_during_dvc_repro_leaves_no_partial_output_and_the_next_repro_giv
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
     assert process.returncode != 0
-    assert stderr.count("gdpipe: interrupted (SIGINT); no output was half-written\n") == 1 and "Traceback" not in stdout + stderr, stderr
-    assert not (repo / "history" / "numpy.csv").exists()  # DVC removed the stage's outputs before running it; none is half-written
+    assert (
+        stderr.count("gdpipe: interrupted (SIGINT); no output was half-written\n") == 1
+        and "Traceback" not in stdout + stderr
+    ), stderr
+    assert not (
+        repo / "history" / "numpy.csv"
+    ).exists()  # DVC removed the stage's outputs before running it; none is half-written
     assert not [path for path in repo.rglob("*.tmp") if ".dvc" not in path.parts]
     (repo / "params.yaml").write_text(params)
     (repo / "src" / "sitecustomize.py").unlink()

@@ -6,9 +6,9 @@ import io
 import sys
 
 from gdpipe.core import progress
+from gdpipe.core.config import VARIANTS
 from gdpipe.data import generate
 from gdpipe.train import train
-from gdpipe.core.config import VARIANTS
 
 
 class Terminal(io.StringIO):

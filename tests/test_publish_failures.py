@@ -37,33 +37,52 @@ def long_workspace(tmp_path_factory) -> Path:
     return build_workspace(tmp_path_factory.mktemp("long") / "ws", {"train.epochs": EPOCHS_LONG})
 
 
-def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_publish_completes(long_workspace, tmp_path, monkeypatch, reaper):
-    """Ctrl-C (twice, impatiently) or kill while a run is being logged: one line, exit 130/143, the run KILLED, nothing written;
-    publishing again makes complete runs."""
-    cases = {"SIGINT": ([signal.SIGINT, signal.SIGINT], 130, "interrupted"), "SIGTERM": ([signal.SIGTERM], 143, "terminated")}
+def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_publish_completes(
+    long_workspace, tmp_path, monkeypatch, reaper
+):
+    """Ctrl-C (twice, impatiently) or kill while a run is being logged: one line, exit 130/143, the run KILLED,
+    nothing written; publishing again makes complete runs."""
+    cases = {
+        "SIGINT": ([signal.SIGINT, signal.SIGINT], 130, "interrupted"),
+        "SIGTERM": ([signal.SIGTERM], 143, "terminated"),
+    }
     running = {}
     for name in cases:
         folder = tmp_path / name
         shutil.copytree(long_workspace, folder)
         db = tmp_path / f"{name}-store" / "mlflow.db"
-        process = subprocess.Popen([sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS], cwd=folder,
-                                   env=src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
+            cwd=folder,
+            env=src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         reaper(process)
         running[name] = (folder, db, process)
-    for name, (folder, db, process) in running.items():
-        wait_for(lambda db=db: any(status == "RUNNING" for _, status in runs_in_store(db)), process, what="a run was created")
+    for name, (_, db, process) in running.items():
+        wait_for(
+            lambda db=db: any(status == "RUNNING" for _, status in runs_in_store(db)), process, what="a run was created"
+        )
         for signum in cases[name][0]:
             process.send_signal(signum)
             time.sleep(0.05)
     for name, (folder, db, process) in running.items():
-        stdout, stderr = process.communicate(timeout=60)
-        signals, code, word = cases[name]
+        _, stderr = process.communicate(timeout=60)
+        _, code, word = cases[name]
         runs = dict(runs_in_store(db))
         killed = [run_id for run_id, status in runs.items() if status == "KILLED"]
         assert len(killed) == 1, (name, runs, process.returncode, stderr[-6000:])
         killed = killed[0]
-        assert process.returncode == code and set(runs.values()) <= {"KILLED", "FINISHED"}, (runs, stderr)  # never RUNNING
-        assert re.fullmatch(rf"gdpipe: {word} \({name}\); (numpy|torch) run {killed} marked KILLED; no output was half-written\n", stderr), stderr
+        assert process.returncode == code and set(runs.values()) <= {"KILLED", "FINISHED"}, (
+            runs,
+            stderr,
+        )  # never RUNNING
+        assert re.fullmatch(
+            rf"gdpipe: {word} \({name}\); (numpy|torch) run {killed} marked KILLED; no output was half-written\n",
+            stderr,
+        ), stderr
         assert not (folder / "published.json").exists() and not (folder / "runs.json").exists()
         assert not [path for path in folder.rglob("*.tmp")]
     folder, db, _ = running["SIGTERM"]
@@ -78,14 +97,22 @@ def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_pu
         assert len(client.get_metric_history(run["run_id"], "loss")) == EPOCHS_LONG
 
 
-def test_a_run_left_running_by_sigkill_while_publishing_is_marked_killed_by_the_next_publish(long_workspace, tmp_path, reaper):
+def test_a_run_left_running_by_sigkill_while_publishing_is_marked_killed_by_the_next_publish(
+    long_workspace, tmp_path, reaper
+):
     """kill -9 gives the publisher no chance to mark its run; the next publish to the sqlite store does, and says so."""
     folder = tmp_path / "ws"
     shutil.copytree(long_workspace, folder)
     db = tmp_path / "store" / "mlflow.db"
     env = src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}")
-    process = subprocess.Popen([sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS], cwd=folder, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     reaper(process)
     while True:  # kill it while one of its runs is RUNNING, as seen while it is stopped (it could finish in between)
         wait_for(lambda: any(status == "RUNNING" for _, status in runs_in_store(db)), process, what="a run was created")
@@ -101,7 +128,13 @@ def test_a_run_left_running_by_sigkill_while_publishing_is_marked_killed_by_the_
     runs = client.search_runs([client.get_experiment_by_name("gradient-descent").experiment_id])
     (abandoned,) = [run.info.run_id for run in runs if run.info.status == "RUNNING"]
 
-    done = subprocess.run([sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS], cwd=folder, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     published = json.loads((folder / "runs.json").read_text())
     assert dict(runs_in_store(db)) == {abandoned: "KILLED"} | {run["run_id"]: "FINISHED" for run in published.values()}
@@ -127,9 +160,11 @@ while not go.exists():  # both workers start publishing at the same moment, on a
     time.sleep(0.005)
 for lr in lrs:
     variant_params = params.model_copy(update={"train": params.train.model_copy(update={"lr": lr})})
-    records = [build_record(variant_params, metrics, workspace / "data/dataset.npz", v, workspace / f"history/{v}.csv",
-                            workspace / f"models/{v}.json", workspace / "metrics.json", (workspace / "plots/curves.png",), {})
-               for v in ("numpy", "torch")]
+    records = [
+        build_record(variant_params, metrics, workspace / "data/dataset.npz", v, workspace / f"history/{v}.csv",
+                     workspace / f"models/{v}.json", workspace / "metrics.json", (workspace / "plots/curves.png",), {})
+        for v in ("numpy", "torch")
+    ]
     published = publish.publish(records, dataset, "gradient-descent", uri)
     print(json.dumps({v: [run["run_id"], run["created"]] for v, run in published.items()}), flush=True)
 """
@@ -140,8 +175,16 @@ def test_parallel_publishers_on_one_fresh_store_lose_nothing_and_never_duplicate
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     go = tmp_path / "go"
     lrs = {"a": ["0.01", "0.011"], "b": ["0.01", "0.021"]}  # 0.01: the same result in both
-    workers = {name: subprocess.Popen([sys.executable, "-c", PUBLISHER, str(workspace), uri, str(go), *values], env=src_env(),
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, values in lrs.items()}
+    workers = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", PUBLISHER, str(workspace), uri, str(go), *values],
+            env=src_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, values in lrs.items()
+    }
     for worker in workers.values():
         reaper(worker)
     go.touch()
@@ -162,7 +205,11 @@ def test_parallel_publishers_on_one_fresh_store_lose_nothing_and_never_duplicate
     for run in runs:
         assert [point.step for point in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 101))
         assert run.data.params["train.lr"] in {lr for values in lrs.values() for lr in values}
-        assert {artifact.path for artifact in client.list_artifacts(run.info.run_id)} == {f"{run.data.tags['variant']}.csv", "metrics.json", "curves.png"}
+        assert {artifact.path for artifact in client.list_artifacts(run.info.run_id)} == {
+            f"{run.data.tags['variant']}.csv",
+            "metrics.json",
+            "curves.png",
+        }
 
 
 def test_a_store_that_fails_mid_publish_is_one_line_and_the_run_is_marked_failed(own_workspace, tmp_path, monkeypatch):
@@ -178,5 +225,9 @@ def test_a_store_that_fails_mid_publish_is_one_line_and_the_run_is_marked_failed
     assert code == 2
     ((run_id, status),) = runs_in_store(tmp_path / "store" / "mlflow.db")
     assert status == "FAILED"
-    assert_one_error_line(stderr, f"gdpipe: error: MLflow tracking store {uri} failed while publishing numpy: ", f"; numpy run {run_id} marked FAILED\n")
+    assert_one_error_line(
+        stderr,
+        f"gdpipe: error: MLflow tracking store {uri} failed while publishing numpy: ",
+        f"; numpy run {run_id} marked FAILED\n",
+    )
     assert not (folder / "published.json").exists() and not (folder / "runs.json").exists()

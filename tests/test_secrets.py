@@ -16,9 +16,8 @@ from mlflow import MlflowClient
 
 from support import REPO, TRACK_ARGS, assert_one_error_line, files_under, free_port, run_stage, src_env, stage
 
-
 # A test hook, installed as sitecustomize: every attempt to reach the network is logged and refused.
-NO_NETWORK_HOOK = '''
+NO_NETWORK_HOOK = """
 import os
 import socket
 
@@ -37,24 +36,43 @@ def _guard(method):
 for _name in ("connect", "connect_ex", "sendto"):
     setattr(socket.socket, _name, _guard(getattr(socket.socket, _name)))
 socket.getaddrinfo = lambda *args, **kwargs: _refuse(("getaddrinfo", args))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
 def guarded_track_run(workspace, tmp_path_factory):
-    """The track stage on a fresh default store, with planted credentials in the environment and the network forbidden."""
+    """The track stage on a fresh default store, with planted credentials in the environment and no network."""
     root = tmp_path_factory.mktemp("guarded")
     folder = root / "ws"
     shutil.copytree(workspace, folder)
     hook = root / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(NO_NETWORK_HOOK)
-    planted = {key: f"planted-{key.lower()}-{uuid.uuid4().hex}" for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")}
-    env = src_env(PYTHONPATH=f"{hook}{os.pathsep}{REPO / 'src'}", GDPIPE_TEST_NETWORK_LOG=str(root / "network.log"), **planted)
+    planted = {
+        key: f"planted-{key.lower()}-{uuid.uuid4().hex}"
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+    }
+    env = src_env(
+        PYTHONPATH=f"{hook}{os.pathsep}{REPO / 'src'}", GDPIPE_TEST_NETWORK_LOG=str(root / "network.log"), **planted
+    )
     # gdpipe's own default must keep MLflow quiet: nothing that turns telemetry off by itself (CI, pytest).
-    for name in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL"):
+    for name in (
+        "MLFLOW_DISABLE_TELEMETRY",
+        "DO_NOT_TRACK",
+        "PYTEST_CURRENT_TEST",
+        "CI",
+        "GITHUB_ACTIONS",
+        "GITLAB_CI",
+        "JENKINS_URL",
+    ):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS], cwd=folder, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     return folder, done, planted, root / "network.log"
 
@@ -66,7 +84,7 @@ def test_no_network_is_needed_with_the_default_store(guarded_track_run):
 
 
 def test_planted_credentials_reach_no_param_tag_artifact_file_or_output(guarded_track_run, tmp_path):
-    """MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN: in no run's params, tags or artifacts, no file of the repo, no output."""
+    """MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN: in no run's params, tags or artifacts, no file, no output."""
     folder, done, planted, _ = guarded_track_run
     secrets = list(planted.values())
     texts = {"stdout": done.stdout, "stderr": done.stderr}
@@ -77,7 +95,8 @@ def test_planted_credentials_reach_no_param_tag_artifact_file_or_output(guarded_
         texts[f"{run.info.run_id} tags"] = json.dumps(run.data.tags)
         downloaded = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id)))
         texts |= {str(path): path.read_text(errors="replace") for path in files_under(downloaded)}
-    # Every file the stage could have written, byte for byte: runs.json, published.json, the store, its artifacts, logged models.
+    # Every file the stage could have written, byte for byte: runs.json, published.json, the store, its artifacts,
+    # logged models.
     texts |= {str(path): path.read_bytes().decode("latin-1") for path in files_under(folder)}
     assert len(texts) > 20
     leaks = {name for name, text in texts.items() for secret in secrets if secret in text}

@@ -26,7 +26,6 @@ from support import (
     write_yaml,
 )
 
-
 MODERATE = {
     "data.true_w": st.floats(-4, 4),
     "data.noise_std": st.floats(0, 1),
@@ -44,7 +43,9 @@ EXTREME = st.one_of(
 
 @st.composite
 def numeric_params(draw) -> dict:
-    """The repository's params with moderate numbers, up to two of them drawn from anywhere in float64 (small data, few epochs)."""
+    """The repository's params with moderate numbers, up to two of them drawn from anywhere in float64 (small data, few
+    epochs).
+    """
     overrides = {key: draw(strategy) for key, strategy in MODERATE.items()}
     for key in draw(st.lists(st.sampled_from(sorted(MODERATE)), max_size=2, unique=True)):
         value = draw(EXTREME)
@@ -60,7 +61,9 @@ def numeric_params(draw) -> dict:
 
 
 def _strict_json(path: Path):
-    return json.loads(path.read_text(), parse_constant=lambda name: (_ for _ in ()).throw(AssertionError(f"{path}: {name}")))
+    return json.loads(
+        path.read_text(), parse_constant=lambda name: (_ for _ in ()).throw(AssertionError(f"{path}: {name}"))
+    )
 
 
 def _numbers_in(document) -> list:
@@ -73,13 +76,17 @@ def _numbers_in(document) -> list:
 @given(numeric_params())
 @example({"train.w_init": 1e300})  # beyond float32: infinity before the first epoch
 @example({"data.true_w": 3e38, "data.n_samples": 4})  # y = true_w * x overflows float32
-@example({"data.x_layout": "uniform", "data.x_low": 0.0, "data.x_high": 1e-46})  # every x is 0 in float32: w undetermined
+@example(
+    {"data.x_layout": "uniform", "data.x_low": 0.0, "data.x_high": 1e-46}
+)  # every x is 0 in float32: w undetermined
 @example({"data.x_layout": "uniform", "data.x_low": -3e38, "data.x_high": 3e38})  # the range is wider than float32
 @example({"evaluate.x": 1e308})  # f(x) = w * x overflows
 @example({"train.lr": 1e38})  # diverges in the first epoch
 @example({"train.lr": 0.5, "train.epochs": 200})  # diverges after some finite epochs
 def test_numbers_from_anywhere_train_or_fail_cleanly_and_metrics_stay_finite(tmp_path_factory, overrides):
-    """generate, train and evaluate either succeed with finite metrics (a divergence reported as such) or exit 2 with one line."""
+    """generate, train and evaluate either succeed with finite metrics (a divergence reported as such) or exit 2 with
+    one line.
+    """
     folder = tmp_path_factory.mktemp("numbers")
     params = write_yaml(folder / "params.yaml", with_overrides(load_default_params(), overrides))
     dataset = folder / "data" / "dataset.npz"
@@ -92,14 +99,43 @@ def test_numbers_from_anywhere_train_or_fail_cleanly_and_metrics_stay_finite(tmp
         event("refused by params or generate")
         return
     for variant in ("numpy", "torch"):
-        code, stderr = run_stage(stage("train").main, ["--variant", variant, "--params", str(params), "--data", str(dataset),
-                                              "--history", str(folder / f"{variant}.csv"), "--model", str(folder / f"{variant}.json")])
+        code, stderr = run_stage(
+            stage("train").main,
+            [
+                "--variant",
+                variant,
+                "--params",
+                str(params),
+                "--data",
+                str(dataset),
+                "--history",
+                str(folder / f"{variant}.csv"),
+                "--model",
+                str(folder / f"{variant}.json"),
+            ],
+        )
         warned = stderr.startswith(f"gdpipe: warning: {variant} diverged at epoch ") and stderr.count("\n") == 1
         assert code == 0 and (stderr == "" or warned), stderr
     metrics_path = folder / "metrics.json"
-    code, stderr = run_stage(stage("evaluate").main, ["--params", str(params), "--data", str(dataset), "--models", str(folder / "numpy.json"),
-                                             str(folder / "torch.json"), "--histories", str(folder / "numpy.csv"), str(folder / "torch.csv"),
-                                             "--out", str(metrics_path), "--plot", str(folder / "curves.png")])
+    code, stderr = run_stage(
+        stage("evaluate").main,
+        [
+            "--params",
+            str(params),
+            "--data",
+            str(dataset),
+            "--models",
+            str(folder / "numpy.json"),
+            str(folder / "torch.json"),
+            "--histories",
+            str(folder / "numpy.csv"),
+            str(folder / "torch.csv"),
+            "--out",
+            str(metrics_path),
+            "--plot",
+            str(folder / "curves.png"),
+        ],
+    )
     if code != 0:
         assert code == 2
         assert_one_error_line(stderr)
@@ -115,7 +151,9 @@ def test_numbers_from_anywhere_train_or_fail_cleanly_and_metrics_stay_finite(tmp
 
 
 def test_evaluate_interrupted_while_drawing_keeps_both_previous_outputs(own_workspace, monkeypatch):
-    """The plot (most of the stage's time) is drawn before either file is replaced: Ctrl-C then leaves both as they were."""
+    """The plot (most of the stage's time) is drawn before either file is replaced: Ctrl-C then leaves both as they
+    were.
+    """
     folder = own_workspace
     monkeypatch.chdir(folder)
     before = {name: (folder / name).read_bytes() for name in EVALUATE_OUTS}
@@ -157,5 +195,7 @@ def test_a_diverged_run_is_reported_as_diverged_never_as_numbers(tmp_path, monke
         assert run.data.tags["gdpipe.diverged_at_epoch"] == str(metrics[variant]["diverged_at_epoch"])
         assert "prediction" not in run.data.metrics and "abs_error" not in run.data.metrics
         points = [point for key in ("w", "loss") for point in client.get_metric_history(run.info.run_id, key)]
-        assert all(math.isfinite(point.value) and point.step < metrics[variant]["diverged_at_epoch"] for point in points)
+        assert all(
+            math.isfinite(point.value) and point.step < metrics[variant]["diverged_at_epoch"] for point in points
+        )
         assert all(math.isfinite(value) for value in run.data.metrics.values())

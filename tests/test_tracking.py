@@ -12,14 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from conftest import dvc
 from support import VENV_BIN, child_env, free_port, wait_for_server
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-mlflow = pytest.importorskip("mlflow")
-from mlflow import MlflowClient  # noqa: E402
 
 EPOCHS = 100
 
@@ -45,7 +41,12 @@ def assert_complete_run(uri: str, run, variant: str, epochs: int = EPOCHS) -> No
     assert run.data.params["train.lr"] and run.data.params["variant"] == variant
     assert run.data.params["train.gradient"] == ("mean" if variant == "numpy" else "autograd")
     assert run.inputs.dataset_inputs[0].dataset.name == "dataset"
-    assert {artifact.path for artifact in client.list_artifacts(run.info.run_id)} >= {f"{variant}.csv", "metrics.json", "curves.png", "params.yaml"}
+    assert {artifact.path for artifact in client.list_artifacts(run.info.run_id)} >= {
+        f"{variant}.csv",
+        "metrics.json",
+        "curves.png",
+        "params.yaml",
+    }
 
 
 def test_repro_publishes_one_complete_run_per_variant(reproduced_repo):
@@ -60,7 +61,12 @@ def test_repro_publishes_one_complete_run_per_variant(reproduced_repo):
         assert run.data.metrics["prediction"] == pytest.approx(10.0, abs=1e-5)
         assert run.data.metrics["w"] == pytest.approx(2.0, abs=1e-6)  # the last epoch's w
         assert run.data.metrics["w_star"] == 2.0 and run.data.metrics["parity_max_abs_w_diff"] < 1e-6
-        assert run.data.tags["git.commit"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=reproduced_repo, capture_output=True, text=True).stdout.strip()
+        assert (
+            run.data.tags["git.commit"]
+            == subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=reproduced_repo, capture_output=True, text=True
+            ).stdout.strip()
+        )
         assert run.info.end_time >= run.info.start_time and run.data.metrics["training_seconds"] >= 0
     numpy_params, torch_params = (run.data.params for run in sorted(runs, key=lambda r: r.data.tags["variant"]))
     assert numpy_params.keys() == torch_params.keys()  # same names: "show diff only" isolates what differs
@@ -69,8 +75,17 @@ def test_repro_publishes_one_complete_run_per_variant(reproduced_repo):
 
 def test_pyfunc_model_predicts_f5_offline(reproduced_repo):
     run_id = json.loads((reproduced_repo / "runs.json").read_text())["torch"]["run_id"]
-    script = f"import mlflow; mlflow.set_tracking_uri({store_uri(reproduced_repo)!r}); print(mlflow.pyfunc.load_model('runs:/{run_id}/model').predict([5.0])[0])"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"), check=True)
+    script = (
+        f"import mlflow; mlflow.set_tracking_uri({store_uri(reproduced_repo)!r}); "
+        f"print(mlflow.pyfunc.load_model('runs:/{run_id}/model').predict([5.0])[0])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=child_env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"),
+        check=True,
+    )
     assert float(done.stdout) == pytest.approx(10.0, abs=1e-5)
     assert "warn" not in done.stderr.lower(), done.stderr
 
@@ -89,9 +104,24 @@ def mlflow_server(tmp_path):
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
+        [
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=child_env(),
+        start_new_session=True,
     )
     try:
         wait_for_server(url, server, tmp_path / "server.log")
@@ -114,7 +144,9 @@ def test_pipeline_publishes_to_a_real_tracking_server(reproduced_repo, mlflow_se
     for run in runs:
         assert_complete_run(mlflow_server, run, run.data.tags["variant"])
     client = MlflowClient(mlflow_server)
-    in_progress = client.create_run(runs[0].info.experiment_id, tags={"gdpipe.fingerprint": "another worker's", "variant": "numpy"}).info.run_id
+    in_progress = client.create_run(
+        runs[0].info.experiment_id, tags={"gdpipe.fingerprint": "another worker's", "variant": "numpy"}
+    ).info.run_id
     done = dvc(reproduced_repo, "repro", "--force", "--single-item", "track", env=env)
     assert done.stdout.count("already published as run") == 2 and "marked KILLED" not in done.stdout
     assert client.get_run(in_progress).info.status == "RUNNING"
@@ -125,10 +157,30 @@ def run_track_stage(repo: Path, uri: str, scratch: Path) -> tuple[subprocess.Com
     """The track stage as DVC would run it, with its own outputs written to `scratch`."""
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "stages/track.py", "--data", "data/dataset.npz", "--histories", "history/numpy.csv", "history/torch.csv",
-         "--models", "models/numpy.json", "models/torch.json", "--metrics", "metrics.json", "--plot", "plots/curves.png",
-         "--published", str(scratch / "published.json"), "--runs", str(scratch / "runs.json")],
-        cwd=repo, capture_output=True, text=True, env=child_env(PYTHONPATH="src", MLFLOW_TRACKING_URI=uri),
+        [
+            sys.executable,
+            "stages/track.py",
+            "--data",
+            "data/dataset.npz",
+            "--histories",
+            "history/numpy.csv",
+            "history/torch.csv",
+            "--models",
+            "models/numpy.json",
+            "models/torch.json",
+            "--metrics",
+            "metrics.json",
+            "--plot",
+            "plots/curves.png",
+            "--published",
+            str(scratch / "published.json"),
+            "--runs",
+            str(scratch / "runs.json"),
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=child_env(PYTHONPATH="src", MLFLOW_TRACKING_URI=uri),
     )
     return done, time.monotonic() - start
 
@@ -138,7 +190,10 @@ def test_refused_tracking_server_fails_fast_with_one_line(reproduced_repo, tmp_p
     done, seconds = run_track_stage(reproduced_repo, uri, tmp_path)
     assert done.returncode == 2 and seconds < 15
     assert not (tmp_path / "published.json").exists() and not (tmp_path / "runs.json").exists()
-    assert done.stderr.startswith(f"gdpipe: error: MLflow tracking store {uri} did not answer") and done.stderr.count("\n") == 1, done.stderr
+    assert (
+        done.stderr.startswith(f"gdpipe: error: MLflow tracking store {uri} did not answer")
+        and done.stderr.count("\n") == 1
+    ), done.stderr
 
 
 def test_silent_tracking_server_fails_within_about_ten_seconds(reproduced_repo, tmp_path):
@@ -148,18 +203,30 @@ def test_silent_tracking_server_fails_within_about_ten_seconds(reproduced_repo, 
         uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
         done, seconds = run_track_stage(reproduced_repo, uri, tmp_path)
     assert done.returncode == 2 and seconds < 14, (seconds, done.stderr)
-    assert done.stderr.startswith(f"gdpipe: error: MLflow tracking store {uri} did not answer") and done.stderr.count("\n") == 1, done.stderr
+    assert (
+        done.stderr.startswith(f"gdpipe: error: MLflow tracking store {uri} did not answer")
+        and done.stderr.count("\n") == 1
+    ), done.stderr
 
 
 def test_sweep_lands_every_queued_run_in_the_main_store(own_reproduced_repo):
-    """`make sweep` with 3 learning rates: queued experiments run in temporary copies, yet all 6 runs land here."""
+    """`make sweep` with 3 learning rates: queued experiments run in temporary copies, yet all 6 runs land here.
+
+    From a shell without the venv on PATH, where `.venv/bin/dvc queue start` starts workers as a bare
+    `dvc`: the venv's .pth line puts its tools on PATH for them."""
     repo = own_reproduced_repo
     before = {run.info.run_id for run in all_runs(store_uri(repo))}
-    # As a user types it: the venv is not on PATH (DVC starts its queue workers as a bare `dvc`).
     env = child_env()
     env["PATH"] = os.pathsep.join(part for part in env["PATH"].split(os.pathsep) if Path(part) != VENV_BIN)
     # -o: the copy's .venv is this checkout's (a symlink); never let make reinstall it from the copy.
-    done = subprocess.run(["make", "-o", ".venv/.installed", "sweep", "SWEEP_LRS=0.02 0.05 0.1"], cwd=repo, capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        ["make", "-o", ".venv/.installed", "sweep", "SWEEP_LRS=0.02 0.05 0.1"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     new_runs = [run for run in all_runs(store_uri(repo)) if run.info.run_id not in before]
     assert len(new_runs) == 6
@@ -169,7 +236,9 @@ def test_sweep_lands_every_queued_run_in_the_main_store(own_reproduced_repo):
         assert_complete_run(store_uri(repo), run, run.data.tags["variant"])
         experiment = run.data.tags["dvc.exp_name"]
         assert run.info.run_name == f"{run.data.tags['variant']}-{experiment}" and run.data.tags["dvc.exp_baseline_rev"]
-    assert not list((repo / ".dvc" / "tmp" / "exps").glob("*/mlruns/*.db")), "a queued run wrote to its temporary copy's store"
+    assert not list((repo / ".dvc" / "tmp" / "exps").glob("*/mlruns/*.db")), (
+        "a queued run wrote to its temporary copy's store"
+    )
     # The closing table: each experiment's learning rate and final losses, readable in 80 columns.
     lines = done.stdout.splitlines()
     start = max(index for index, line in enumerate(lines) if line.split()[:1] == ["Experiment"])
@@ -190,11 +259,18 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
     repo = reproduced_repo
     params = config.load(repo / "params.yaml")
     record = build_record(
-        params, read_json(repo / "metrics.json"), repo / "data/dataset.npz", "numpy", repo / "history/numpy.csv",
-        repo / "models/numpy.json", repo / "metrics.json", (tmp_path / "vanished.png",), {},
+        params,
+        read_json(repo / "metrics.json"),
+        repo / "data/dataset.npz",
+        "numpy",
+        repo / "history/numpy.csv",
+        repo / "models/numpy.json",
+        repo / "metrics.json",
+        (tmp_path / "vanished.png",),
+        {},
     )
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    with pytest.raises(InputError, match="vanished.png") as err:
+    with pytest.raises(InputError, match=r"vanished\.png") as err:
         publish.publish([record], Dataset.load(repo / "data/dataset.npz"), "gradient-descent", uri)
     (run,) = all_runs(uri)
     assert run.info.status == "FAILED"
@@ -204,11 +280,20 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
     # and leaves alone runs that are not gdpipe's.
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name("gradient-descent").experiment_id
-    abandoned = client.create_run(experiment_id, tags={"gdpipe.fingerprint": "another result", "variant": "numpy"}).info.run_id
+    abandoned = client.create_run(
+        experiment_id, tags={"gdpipe.fingerprint": "another result", "variant": "numpy"}
+    ).info.run_id
     not_ours = client.create_run(experiment_id, tags={"variant": "numpy"}).info.run_id
     record = build_record(
-        params, read_json(repo / "metrics.json"), repo / "data/dataset.npz", "numpy", repo / "history/numpy.csv",
-        repo / "models/numpy.json", repo / "metrics.json", (), {},
+        params,
+        read_json(repo / "metrics.json"),
+        repo / "data/dataset.npz",
+        "numpy",
+        repo / "history/numpy.csv",
+        repo / "models/numpy.json",
+        repo / "metrics.json",
+        (),
+        {},
     )
     published = publish.publish([record], Dataset.load(repo / "data/dataset.npz"), "gradient-descent", uri)
     assert published["numpy"]["created"] is True and published["numpy"]["abandoned_runs_killed"] == [abandoned]

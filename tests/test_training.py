@@ -1,4 +1,6 @@
-"""train/: both variants follow the same trajectory, reach the optimum, record a divergence and the lesson's print schedule."""
+"""train/: both variants follow the same trajectory, reach the optimum, record a divergence and the lesson's print
+schedule.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +22,13 @@ FLOAT32_EPS = float(np.finfo(np.float32).eps)
     [
         {},
         {"train.epochs": 300, "train.lr": 0.1, "train.w_init": -3.0},
-        {"data.n_samples": 5000, "data.x_layout": "uniform", "data.noise_std": 0.5, "train.lr": 0.5, "train.epochs": 200},
+        {
+            "data.n_samples": 5000,
+            "data.x_layout": "uniform",
+            "data.noise_std": 0.5,
+            "train.lr": 0.5,
+            "train.epochs": 200,
+        },
     ],
 )
 def test_numpy_and_torch_trajectories_agree_to_float32_rounding(params, overrides):
@@ -49,7 +57,9 @@ def test_default_params_reach_the_closed_form_optimum(params, variant):
 
 @pytest.mark.parametrize("variant", ["numpy", "torch"])
 def test_noisy_data_converges_to_w_star_not_true_w(params, variant):
-    p = params({"data.n_samples": 200, "data.x_layout": "uniform", "data.noise_std": 1.0, "train.lr": 0.5, "train.epochs": 500})
+    p = params(
+        {"data.n_samples": 200, "data.x_layout": "uniform", "data.noise_std": 1.0, "train.lr": 0.5, "train.epochs": 500}
+    )
     dataset = generate(p.data)
     w_star = optimal_w(dataset.x, dataset.y)
     history = train.train(variant, dataset, p.train)
@@ -69,7 +79,9 @@ def test_learning_rate_just_above_the_bound_diverges_and_is_recorded(params, var
     model = TrainedModel.from_history(variant, history)
     assert model.diverged and model.w == history.w[-1]
     note = train.divergence_note(variant, history, dataset, p.train, p.data.x_layout)
-    assert f"diverged at epoch {history.diverged_at}" in note and "0 < lr < 0.1333" in note and "train.lr = 0.14" in note
+    assert (
+        f"diverged at epoch {history.diverged_at}" in note and "0 < lr < 0.1333" in note and "train.lr = 0.14" in note
+    )
 
 
 @pytest.mark.parametrize("lr", [0.14, 0.2, 0.5])
@@ -91,8 +103,10 @@ def test_a_loss_beyond_float32_at_the_start_is_blamed_on_w_init_not_on_the_learn
     history = train.train(variant, dataset, p.train)
     assert history.diverged_at == 1
     note = train.divergence_note(variant, history, dataset, p.train, p.data.x_layout)
-    assert note == (f"{variant} diverged at epoch 1: the loss at train.w_init = 1e+19 is already beyond float32's range, "
-                    "whatever the learning rate; start nearer the data (a smaller |train.w_init|).")
+    assert note == (
+        f"{variant} diverged at epoch 1: the loss at train.w_init = 1e+19 is already beyond float32's range, "
+        "whatever the learning rate; start nearer the data (a smaller |train.w_init|)."
+    )
 
 
 def test_learning_rate_just_below_the_bound_converges(params):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from gdpipe.data import generate
-from gdpipe.train import train
 from gdpipe.linear import predict
+from gdpipe.train import train
 
 # (epoch, w, loss, f(5)) exactly as the lesson printed them, with its final "after training" f(5).
 NUMPY_10 = [
@@ -92,7 +92,9 @@ def test_lessons_data_is_the_default(params):
 def test_the_lessons_summed_gradient_is_n_times_the_mean_one(params):
     """One step from w = 0: the lesson's sum moves w to 1.2, the true MSE gradient to 0.3 (= 1.2 / 4)."""
     first_w = {
-        gradient: train("numpy", generate(params().data), params({"train.epochs": 1, "train.numpy.gradient": gradient}).train).w[0]
+        gradient: train(
+            "numpy", generate(params().data), params({"train.epochs": 1, "train.numpy.gradient": gradient}).train
+        ).w[0]
         for gradient in ("sum", "mean")
     }
     assert first_w["sum"] == pytest.approx(1.2, rel=1e-6)

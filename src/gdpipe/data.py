@@ -9,7 +9,7 @@ from gdpipe.core.artifacts import Dataset
 from gdpipe.core.command import InputError
 from gdpipe.core.config import DataParams
 
-_NOISE_CHUNK = 1 << 20  # noise is drawn in chunks so memory stays close to the size of x and y
+_CHUNK = 1 << 20  # noise is drawn in chunks so memory stays close to the size of x and y
 # The largest |x| and |y| whose squares fit float32: beyond it the loss (and x * residual) overflows
 # before gradient descent has taken a step, whatever the learning rate.
 SQUARE_SAFE = float(np.sqrt(np.finfo(np.float32).max))
@@ -28,22 +28,32 @@ def generate(params: DataParams) -> Dataset:
             x += np.float32(params.x_low)
         y = x * np.float32(params.true_w)
         if params.noise_std > 0:
-            for start in range(0, n, _NOISE_CHUNK):
-                chunk = y[start : start + _NOISE_CHUNK]
+            for start in range(0, n, _CHUNK):
+                chunk = y[start : start + _CHUNK]
                 chunk += np.float32(params.noise_std) * noise_stream.standard_normal(chunk.size, dtype=np.float32)
     # The largest magnitude (NaN or infinity if there is one) tells both whether x and y overflowed
     # and whether their squares fit float32.
     largest_x, largest_y = _max_abs(x), _max_abs(y)
     if not np.isfinite(largest_x):
-        raise InputError(f"data: x_high - x_low = {params.x_high - params.x_low:g} is beyond float32's range; narrow data.x_low .. data.x_high")
-    if largest_x == 0:
-        raise InputError(f"data: every x is 0 in float32 (data.x_low = {params.x_low:g}, data.x_high = {params.x_high:g}), so w cannot be fitted; widen the range")
-    if largest_x >= SQUARE_SAFE:
-        raise InputError(f"data: |x| reaches {largest_x:.3g}, and x^2 must fit float32 (|x| < {SQUARE_SAFE:.3g}); narrow data.x_low .. data.x_high")
-    if not largest_y < SQUARE_SAFE:  # NaN or infinity too
         raise InputError(
-            f"data: y = true_w * x + noise reaches {largest_y:.3g} (data.true_w = {params.true_w:g}, data.noise_std = {params.noise_std:g}, "
-            f"|x| up to {n if params.x_layout == 'grid' else max(abs(params.x_low), abs(params.x_high)):g}), and y^2, the loss at w = 0, "
+            f"data: x_high - x_low = {params.x_high - params.x_low:g} is beyond float32's range; "
+            "narrow data.x_low .. data.x_high"
+        )
+    if largest_x == 0:
+        raise InputError(
+            f"data: every x is 0 in float32 (data.x_low = {params.x_low:g}, data.x_high = {params.x_high:g}), "
+            "so w cannot be fitted; widen the range"
+        )
+    if largest_x >= SQUARE_SAFE:
+        raise InputError(
+            f"data: |x| reaches {largest_x:.3g}, and x^2 must fit float32 (|x| < {SQUARE_SAFE:.3g}); "
+            "narrow data.x_low .. data.x_high"
+        )
+    if not largest_y < SQUARE_SAFE:  # NaN or infinity too
+        x_bound = n if params.x_layout == "grid" else max(abs(params.x_low), abs(params.x_high))
+        raise InputError(
+            f"data: y = true_w * x + noise reaches {largest_y:.3g} (data.true_w = {params.true_w:g}, "
+            f"data.noise_std = {params.noise_std:g}, |x| up to {x_bound:g}), and y^2, the loss at w = 0, "
             f"must fit float32 (|y| < {SQUARE_SAFE:.3g}); use smaller values"
         )
     return Dataset(x=x, y=y)
@@ -51,4 +61,5 @@ def generate(params: DataParams) -> Dataset:
 
 def _max_abs(a: np.ndarray) -> float:
     """The largest |value| in `a`, chunk by chunk: NaN if there is one, else infinity if there is one."""
-    return float(np.max([np.abs(a[start : start + _NOISE_CHUNK]).max() for start in range(0, a.size, _NOISE_CHUNK)]))  # np.max keeps NaN
+    largest_per_chunk = [np.abs(a[start : start + _CHUNK]).max() for start in range(0, a.size, _CHUNK)]
+    return float(np.max(largest_per_chunk))  # np.max keeps NaN

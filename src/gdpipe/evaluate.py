@@ -15,7 +15,9 @@ from gdpipe.linear import optimal_w, predict
 COLORS = {"numpy": "tab:blue", "torch": "tab:orange"}
 
 
-def evaluate(data: Dataset, models: Mapping[str, TrainedModel], histories: Mapping[str, History], params: Params) -> dict:
+def evaluate(
+    data: Dataset, models: Mapping[str, TrainedModel], histories: Mapping[str, History], params: Params
+) -> dict:
     """The content of metrics.json: one section per variant, the optimum, and the parity between variants.
 
     A diverged variant gets `diverged: true` and no numbers: NaN or infinity are never reported as results.
@@ -51,7 +53,10 @@ def max_abs_w_diff(a: History, b: History) -> float | None:
 
 
 def draw_curves(histories: Mapping[str, History], w_star: float | None = None) -> bytes:
-    """Loss (log scale) and w per epoch, one line per variant, as PNG bytes (no browser needed): equal histories give equal bytes."""
+    """Loss (log scale) and w per epoch, one line per variant, as PNG bytes that need no browser.
+
+    Equal histories give equal bytes.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

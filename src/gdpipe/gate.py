@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from gdpipe.core import config
-from gdpipe.core.config import VARIANTS, Bound
 from gdpipe.core.command import InputError, run_command
+from gdpipe.core.config import VARIANTS, Bound
 from gdpipe.core.files import atomic_write, read_json, write_bytes
 
 EXIT_FAILED = 1
@@ -39,7 +39,9 @@ class Result:
     passed: bool
 
 
-def check(metrics: Mapping[str, Any], thresholds: Mapping[str, Bound], baseline: Mapping[str, Mapping[str, Any]]) -> list[Result]:
+def check(
+    metrics: Mapping[str, Any], thresholds: Mapping[str, Bound], baseline: Mapping[str, Mapping[str, Any]]
+) -> list[Result]:
     """Every check, in order: each variant trained without diverging, then each threshold for each variant it names.
 
     `baseline` maps a git revision to the metrics committed there; only bounds with max_rel_increase read it.
@@ -52,9 +54,27 @@ def check(metrics: Mapping[str, Any], thresholds: Mapping[str, Bound], baseline:
             metric = name.removeprefix(f"{variant}.") if variant != BOTH else name
             shown = _number(value) if value is not None else why
             if bound.min is not None:
-                results.append(Result(metric, variant, value, shown, f">= {_number(bound.min)}", value is not None and value >= bound.min))
+                results.append(
+                    Result(
+                        metric,
+                        variant,
+                        value,
+                        shown,
+                        f">= {_number(bound.min)}",
+                        value is not None and value >= bound.min,
+                    )
+                )
             if bound.max is not None:
-                results.append(Result(metric, variant, value, shown, f"<= {_number(bound.max)}", value is not None and value <= bound.max))
+                results.append(
+                    Result(
+                        metric,
+                        variant,
+                        value,
+                        shown,
+                        f"<= {_number(bound.max)}",
+                        value is not None and value <= bound.max,
+                    )
+                )
             if bound.max_rel_increase is not None:
                 text, passed = _relative(value, bound, baseline.get(bound.baseline_rev), variant, key)
                 results.append(Result(metric, variant, value, shown, text, passed))
@@ -69,7 +89,9 @@ def _check_trained(metrics: Mapping[str, Any], variant: str) -> Result:
     if diverged is False:
         return Result("diverged", variant, None, "false", "= false", True)
     if diverged is True:
-        return Result("diverged", variant, None, f"true (at epoch {section.get('diverged_at_epoch')})", "= false", False)
+        return Result(
+            "diverged", variant, None, f"true (at epoch {section.get('diverged_at_epoch')})", "= false", False
+        )
     return Result("diverged", variant, None, "missing" if diverged is None else repr(diverged), "= false", False)
 
 
@@ -102,7 +124,9 @@ def _lookup(metrics: Mapping[str, Any] | None, variant: str, key: str) -> tuple[
     return float(value), ""
 
 
-def _relative(value: float | None, bound: Bound, base_metrics: Mapping[str, Any] | None, variant: str, key: str) -> tuple[str, bool]:
+def _relative(
+    value: float | None, bound: Bound, base_metrics: Mapping[str, Any] | None, variant: str, key: str
+) -> tuple[str, bool]:
     """The bound value <= base + max_rel_increase * |base|, as (text, passed)."""
     assert bound.max_rel_increase is not None
     rev, increase = bound.baseline_rev, f"+{bound.max_rel_increase * 100:g}%"
@@ -156,7 +180,7 @@ def format_table(results: Sequence[Result]) -> str:
 
 
 def format_markdown(results: Sequence[Result], image: str | None, note: str = "No picture of the loss curves.") -> str:
-    """The same table as GitHub Markdown, for a pull-request comment, with `image` (a relative link) or `note` below it."""
+    """The same table as GitHub Markdown, for a pull-request comment, with `image` (a relative link) or `note` below."""
     mark = {True: "✅ pass", False: "❌ **FAIL**"}
     lines = [
         f"## gdpipe quality gate: {'PASS' if passed(results) else 'FAIL'}",
@@ -175,7 +199,7 @@ def format_markdown(results: Sequence[Result], image: str | None, note: str = "N
 
 
 def load_baselines(metrics_path: str | Path, thresholds: Mapping[str, Bound]) -> dict[str, dict]:
-    """metrics.json as committed at each revision a relative bound names, read through DVC (as `dvc metrics show` does)."""
+    """metrics.json as committed at each revision a relative bound names, read through DVC (as `dvc metrics show`)."""
     revs = sorted({bound.baseline_rev for bound in thresholds.values() if bound.max_rel_increase is not None})
     if not revs:
         return {}
@@ -191,11 +215,16 @@ def load_baselines(metrics_path: str | Path, thresholds: Mapping[str, Bound]) ->
         except RevError:
             raise InputError(f"thresholds: baseline_rev {rev!r} is not a revision of this git repository") from None
         except FileNotFoundError:
-            raise InputError(f"thresholds: {metrics_path} does not exist at baseline_rev {rev!r}; commit it there first") from None
+            raise InputError(
+                f"thresholds: {metrics_path} does not exist at baseline_rev {rev!r}; commit it there first"
+            ) from None
         except DvcException as err:
             raise InputError(f"thresholds: cannot read {metrics_path} at baseline_rev {rev!r}: {err}") from None
         if not isinstance(document, dict):
-            raise InputError(f"thresholds: {metrics_path} at baseline_rev {rev!r} is not a metrics file written by the evaluate stage")
+            raise InputError(
+                f"thresholds: {metrics_path} at baseline_rev {rev!r} is not a metrics file written by the evaluate "
+                "stage"
+            )
         baselines[rev] = document
     return baselines
 

@@ -1,14 +1,14 @@
 """Print metrics.json as the lesson's answer: f(x) per variant, beside the closed-form optimum.
 
-    python -m gdpipe.summary metrics.json
+python -m gdpipe.summary metrics.json
 """
 
 from __future__ import annotations
 
 import sys
 
-from gdpipe.core.config import VARIANTS
 from gdpipe.core.command import InputError, run_command
+from gdpipe.core.config import VARIANTS
 from gdpipe.core.files import read_json
 
 
@@ -23,9 +23,13 @@ def format_summary(metrics: dict) -> str:
             lines.append(f"{variant:<8} diverged at epoch {section['diverged_at_epoch']}")
         else:
             lines.append(
-                f"{variant:<8} {section['w']:>10.6f} {section['loss']:>12.3e} {section['prediction']:>10.3f} {section['abs_error']:>10.2e}"
+                f"{variant:<8} {section['w']:>10.6f} {section['loss']:>12.3e} "
+                f"{section['prediction']:>10.3f} {section['abs_error']:>10.2e}"
             )
-    lines.append(f"{'optimum':<8} {optimum['w_star']:>10.6f} {'':>12} {optimum['prediction']:>10.3f}   (closed form w* = sum(xy)/sum(x^2))")
+    lines.append(
+        f"{'optimum':<8} {optimum['w_star']:>10.6f} {'':>12} {optimum['prediction']:>10.3f}   "
+        "(closed form w* = sum(xy)/sum(x^2))"
+    )
     parity = metrics["parity"]["max_abs_w_diff"]
     lines.append(f"parity: max |w_numpy - w_torch| over all epochs = {'n/a' if parity is None else f'{parity:.3g}'}")
     return "\n".join(lines)

@@ -1,1 +1,2 @@
-"""What every stage uses: params (config), files, the command entry point, the artifacts stages hand each other, progress bars."""
+"""What every stage uses: params (config), files, the command entry point, the artifacts the stages hand
+each other, progress bars."""

@@ -29,6 +29,7 @@ _CHUNK = 1 << 20
 
 # --- data/dataset.npz -----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Dataset:
     """Inputs x and targets y, equal-length float32 vectors."""
@@ -66,7 +67,9 @@ class Dataset:
                 f"got {x.dtype}{x.shape} and {y.dtype}{y.shape}"
             )
         if not (_all_finite(x) and _all_finite(y)):
-            raise InputError(f"{path}: x and y must be finite, found NaN or infinity (rerun the generate stage: dvc repro)")
+            raise InputError(
+                f"{path}: x and y must be finite, found NaN or infinity (rerun the generate stage: dvc repro)"
+            )
         if not np.any(x):
             raise InputError(f"{path}: every x is 0, so w cannot be fitted (rerun the generate stage: dvc repro)")
         return cls(x=x, y=y)
@@ -104,7 +107,9 @@ class History:
         keep = np.arange(0, last, log_every)
         if last and keep[-1] != last - 1:
             keep = np.append(keep, last - 1)
-        return cls(epoch=keep + 1, w=w[keep].astype(np.float64), loss=loss[keep].astype(np.float64), diverged_at=diverged_at)
+        return cls(
+            epoch=keep + 1, w=w[keep].astype(np.float64), loss=loss[keep].astype(np.float64), diverged_at=diverged_at
+        )
 
     def write_csv(self, path: str | Path) -> None:
         """Write `epoch,w,loss` atomically; w in float32's shortest exact form, loss in float64's."""
@@ -131,14 +136,23 @@ class History:
             try:
                 epoch, w, loss = int(row[0]), float(row[1]), float(row[2])
             except (ValueError, IndexError):
-                raise InputError(f"{path}: line {line_number}: expected epoch,w,loss as numbers, got {','.join(row)!r}") from None
+                raise InputError(
+                    f"{path}: line {line_number}: expected epoch,w,loss as numbers, got {','.join(row)!r}"
+                ) from None
             if not (math.isfinite(w) and math.isfinite(loss)) or epoch < 1 or (epochs and epoch <= epochs[-1]):
-                raise InputError(f"{path}: line {line_number}: epochs must increase from 1 and w, loss be finite, got {','.join(row)!r}")
+                raise InputError(
+                    f"{path}: line {line_number}: epochs must increase from 1 and w, loss be finite, "
+                    f"got {','.join(row)!r}"
+                )
             epochs.append(epoch)
             ws.append(w)
             losses.append(loss)
         # w is written in float32's shortest form: read it back as that float32 value.
-        return cls(epoch=np.array(epochs, dtype=np.int64), w=np.array(ws, dtype=np.float32).astype(np.float64), loss=np.array(losses))
+        return cls(
+            epoch=np.array(epochs, dtype=np.int64),
+            w=np.array(ws, dtype=np.float32).astype(np.float64),
+            loss=np.array(losses),
+        )
 
 
 def timing_path(history_path: str | Path) -> Path:
@@ -148,7 +162,10 @@ def timing_path(history_path: str | Path) -> Path:
 
 def write_timing(history_path: str | Path, started_ms: int, finished_ms: int) -> None:
     """Record when the training behind `history_path` ran, tied to that history's content."""
-    write_json(timing_path(history_path), {"started_ms": started_ms, "finished_ms": finished_ms, "history_sha256": file_sha256(history_path)})
+    write_json(
+        timing_path(history_path),
+        {"started_ms": started_ms, "finished_ms": finished_ms, "history_sha256": file_sha256(history_path)},
+    )
 
 
 def read_timing(history_path: str | Path) -> tuple[int, int] | None:
@@ -167,6 +184,7 @@ def read_timing(history_path: str | Path) -> tuple[int, int] | None:
 
 
 # --- models/<variant>.json --------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TrainedModel:
@@ -214,10 +232,17 @@ class TrainedModel:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InputError(f"{path}: {key} must be a whole number >= 0, got {value!r}")
-        return cls(variant=record["variant"], w=w, epochs_trained=record["epochs_trained"], diverged_at_epoch=record["diverged_at_epoch"])
+        return cls(
+            variant=record["variant"],
+            w=w,
+            epochs_trained=record["epochs_trained"],
+            diverged_at_epoch=record["diverged_at_epoch"],
+        )
 
 
-def train_outputs(model_paths: Sequence[str | Path], history_paths: Sequence[str | Path]) -> dict[str, tuple[Path, Path]]:
+def train_outputs(
+    model_paths: Sequence[str | Path], history_paths: Sequence[str | Path]
+) -> dict[str, tuple[Path, Path]]:
     """variant -> (model, history) of the train stages, matched by name: models/<variant>.json, history/<variant>.csv.
 
     evaluate and track compare and publish every variant, so each must have both files.
@@ -226,8 +251,18 @@ def train_outputs(model_paths: Sequence[str | Path], history_paths: Sequence[str
     histories = {Path(path).stem: Path(path) for path in history_paths}
     # Exactly one file of each kind per variant: as many paths as variants, every variant named, and
     # each kind by its extension (--models and --histories swapped would otherwise fail as bad JSON).
-    kinds_right = all(Path(path).suffix == ".json" for path in model_paths) and all(Path(path).suffix == ".csv" for path in history_paths)
-    if not len(model_paths) == len(history_paths) == len(VARIANTS) or set(models) != set(VARIANTS) or set(histories) != set(VARIANTS) or not kinds_right:
+    kinds_right = all(Path(path).suffix == ".json" for path in model_paths) and all(
+        Path(path).suffix == ".csv" for path in history_paths
+    )
+    if (
+        not len(model_paths) == len(history_paths) == len(VARIANTS)
+        or set(models) != set(VARIANTS)
+        or set(histories) != set(VARIANTS)
+        or not kinds_right
+    ):
         given = ", ".join(str(path) for path in (*model_paths, *history_paths)) or "none"
-        raise InputError(f"expected one <variant>.json model and one <variant>.csv history for each of {', '.join(VARIANTS)}; got {given}")
+        raise InputError(
+            f"expected one <variant>.json model and one <variant>.csv history for each of {', '.join(VARIANTS)}; "
+            f"got {given}"
+        )
     return {variant: (models[variant], histories[variant]) for variant in VARIANTS}

@@ -109,7 +109,8 @@ def _known_metric(name: str) -> str:
     if name not in METRICS:
         raise ValueError(
             f"unknown metric {_short(repr(name))} (allowed: {', '.join(VARIANT_METRICS)} for every variant, "
-            f"the same prefixed with {' or '.join(f'{variant}.' for variant in VARIANTS)} for one, {', '.join(PARITY_METRICS)})"
+            f"the same prefixed with {' or '.join(f'{variant}.' for variant in VARIANTS)} for one, "
+            f"{', '.join(PARITY_METRICS)})"
         )
     return name
 
@@ -164,7 +165,9 @@ def load(path: str | Path) -> Params:
     if document is None:
         raise InputError(f"{path} is empty; expected the sections {_allowed(Params)}")
     if not isinstance(document, dict):
-        raise InputError(f"{path}: the top level must be a mapping of sections ({_allowed(Params)}), got {_kind(document)}")
+        raise InputError(
+            f"{path}: the top level must be a mapping of sections ({_allowed(Params)}), got {_kind(document)}"
+        )
     try:
         return Params.model_validate(document)
     except ValidationError as err:
@@ -244,7 +247,11 @@ def _problem(error: Any) -> str:
         return f"{mapping}: key {_short(repr(error['input']))} must be a metric name"
     if kind in ("extra_forbidden", "invalid_key"):
         # invalid_key: a key that is not a string (YAML's `1:` or `null:`); the key is the input.
-        key = repr(_dotted(loc)) if kind == "extra_forbidden" else f"{error['input']!r} in {_dotted(loc[:-1]) or 'the top level'}"
+        key = (
+            repr(_dotted(loc))
+            if kind == "extra_forbidden"
+            else f"{error['input']!r} in {_dotted(loc[:-1]) or 'the top level'}"
+        )
         return f"unknown key {_short(key)} (allowed here: {_allowed(_model_at(Params, loc[:-1]))})"
     if kind == "missing":
         return f"missing key {_short(repr(_dotted(loc)))}"
@@ -253,7 +260,9 @@ def _problem(error: Any) -> str:
     if kind == "value_error":
         message = str(ctx["error"])
     elif kind in _MUST_BE:
-        message = _MUST_BE[kind].format(**{key: f"{value:g}" if isinstance(value, float) else value for key, value in ctx.items()})
+        message = _MUST_BE[kind].format(
+            **{key: f"{value:g}" if isinstance(value, float) else value for key, value in ctx.items()}
+        )
     else:
         message = error["msg"]
     if isinstance(error["input"], dict):  # a rule about the section as a whole (e.g. x_low < x_high)

@@ -34,4 +34,6 @@ def bar(total: int, desc: str, unit: str) -> Bar:
         return _Silent()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, delay=1.0, mininterval=0.5, dynamic_ncols=True)
+    return tqdm(
+        total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, delay=1.0, mininterval=0.5, dynamic_ncols=True
+    )

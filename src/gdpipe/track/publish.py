@@ -128,7 +128,9 @@ def _mark_abandoned_runs_killed(client: MlflowClient, experiment_id: str, record
     """
     if _sqlite_file(uri) is None:
         return []
-    running = f"tags.variant = '{record.variant}' and tags.`{FINGERPRINT_TAG}` LIKE '%' and attributes.status = 'RUNNING'"
+    running = (
+        f"tags.variant = '{record.variant}' and tags.`{FINGERPRINT_TAG}` LIKE '%' and attributes.status = 'RUNNING'"
+    )
     with signals_held():
         abandoned = [run.info.run_id for run in client.search_runs([experiment_id], filter_string=running)]
         for run_id in abandoned:
@@ -162,7 +164,12 @@ def _first_line(err: BaseException, uri: str) -> str:
     text = str(err).strip()
     line = (text.splitlines()[0] if text else type(err).__name__).replace(uri, redact(uri))
     password = urlsplit(uri).password
-    secrets = (password, password and unquote(password), os.environ.get("MLFLOW_TRACKING_PASSWORD"), os.environ.get("MLFLOW_TRACKING_TOKEN"))
+    secrets = (
+        password,
+        password and unquote(password),
+        os.environ.get("MLFLOW_TRACKING_PASSWORD"),
+        os.environ.get("MLFLOW_TRACKING_TOKEN"),
+    )
     for secret in secrets:
         if secret:
             line = line.replace(secret, "***")
@@ -190,7 +197,9 @@ def _find_or_create_run(
         return existing[0].info.run_id, False
     tags = record.tags | {FINGERPRINT_TAG: record.fingerprint}
     with signals_held():  # so that Ctrl-C cannot come between the run's creation and knowing its id
-        run_id = client.create_run(experiment_id, start_time=record.started_ms or now_ms(), tags=tags, run_name=record.name).info.run_id
+        run_id = client.create_run(
+            experiment_id, start_time=record.started_ms or now_ms(), tags=tags, run_name=record.name
+        ).info.run_id
     try:
         with signals_held():
             client.log_batch(run_id, params=[Param(key, str(value)) for key, value in record.params.items()])
@@ -220,7 +229,10 @@ def _find_or_create_run(
                 client.set_terminated(run_id, status)
             err.add_note(f"{record.variant} run {run_id} marked {status}")
         except Exception as status_err:
-            err.add_note(f"{record.variant} run {run_id} could not be marked {status} and stays RUNNING ({_first_line(status_err, uri)})")
+            err.add_note(
+                f"{record.variant} run {run_id} could not be marked {status} and stays RUNNING "
+                f"({_first_line(status_err, uri)})"
+            )
         raise
     return run_id, True
 
@@ -261,7 +273,9 @@ def _metrics(record: RunRecord) -> list[Metric]:
     else:
         stamps = [now_ms()] * history.epoch.size
     metrics = []
-    for epoch, w, loss, stamp in zip(history.epoch.tolist(), history.w.tolist(), history.loss.tolist(), stamps, strict=True):
+    for epoch, w, loss, stamp in zip(
+        history.epoch.tolist(), history.w.tolist(), history.loss.tolist(), stamps, strict=True
+    ):
         metrics.append(Metric("w", w, stamp, epoch))
         metrics.append(Metric("loss", loss, stamp, epoch))
     final_stamp = record.finished_ms or now_ms()
@@ -274,4 +288,6 @@ def _dataset(record: RunRecord, dataset: Dataset) -> mlflow.data.dataset.Dataset
     """The data set as an MLflow dataset: name, digest (its SHA-256), the file it came from, shapes."""
     # A local file, said explicitly: from a plain path MLflow would guess among two local-file sources, and warn.
     source = mlflow.data.sources.LocalArtifactDatasetSource(str(record.dataset_path))
-    return mlflow.data.from_numpy(dataset.x, targets=dataset.y, source=source, name="dataset", digest=record.dataset_sha256[:16])
+    return mlflow.data.from_numpy(
+        dataset.x, targets=dataset.y, source=source, name="dataset", digest=record.dataset_sha256[:16]
+    )

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gdpipe.core.artifacts import History, TrainedModel, read_timing
-from gdpipe.core.config import Params, Variant
 from gdpipe.core.command import InputError
+from gdpipe.core.config import Params, Variant
 from gdpipe.core.files import file_sha256, require_finite
 
 # Final values logged beside the per-epoch w and loss (the last epoch's values are those series' ends).
@@ -53,7 +53,12 @@ def run_params(params: Params, variant: Variant) -> dict[str, object]:
     flat: dict[str, object] = {"variant": variant}
     flat |= {f"data.{key}": value for key, value in params.data.model_dump().items()}
     train = params.train
-    flat |= {"train.lr": train.lr, "train.epochs": train.epochs, "train.w_init": train.w_init, "train.log_every": train.log_every}
+    flat |= {
+        "train.lr": train.lr,
+        "train.epochs": train.epochs,
+        "train.w_init": train.w_init,
+        "train.log_every": train.log_every,
+    }
     flat["train.gradient"] = train.numpy.gradient if variant == "numpy" else "autograd"
     flat["train.device"] = "cpu" if variant == "numpy" else train.torch.device
     flat["evaluate.x"] = params.evaluate.x
@@ -75,10 +80,16 @@ def lineage_tags(workdir: Path) -> dict[str, str]:
     try:
         commit = _git(workdir, "rev-parse", "HEAD").strip()
         # dvc.lock and metrics.json are rewritten by `dvc repro` itself; they do not make the sources dirty.
-        dirty = _git(workdir, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock", ":!metrics.json")
+        dirty = _git(
+            workdir, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock", ":!metrics.json"
+        )
     except (OSError, subprocess.CalledProcessError):
         return tags  # not a git checkout: no lineage to record, which is not an error
-    return tags | {"mlflow.source.git.commit": commit, "git.commit": commit, "git.dirty": str(bool(dirty.strip())).lower()}
+    return tags | {
+        "mlflow.source.git.commit": commit,
+        "git.commit": commit,
+        "git.dirty": str(bool(dirty.strip())).lower(),
+    }
 
 
 def _git(workdir: Path, *args: str) -> str:
@@ -102,12 +113,16 @@ def build_record(
     section = metrics.get(variant) if isinstance(metrics, dict) else None
     if not isinstance(section, dict):
         raise InputError(f"{metrics_path}: no section for the variant {variant!r} (rerun the evaluate stage)")
-    final = {key: require_finite(metrics_path, f"{variant}.{key}", section[key]) for key in FINAL_METRICS if key in section}
+    final = {
+        key: require_finite(metrics_path, f"{variant}.{key}", section[key]) for key in FINAL_METRICS if key in section
+    }
     try:
         final["w_star"] = require_finite(metrics_path, "optimum.w_star", metrics["optimum"]["w_star"])
         parity = metrics["parity"]["max_abs_w_diff"]
     except (KeyError, TypeError):
-        raise InputError(f"{metrics_path}: missing optimum.w_star or parity.max_abs_w_diff (rerun the evaluate stage)") from None
+        raise InputError(
+            f"{metrics_path}: missing optimum.w_star or parity.max_abs_w_diff (rerun the evaluate stage)"
+        ) from None
     if parity is not None:
         final["parity_max_abs_w_diff"] = require_finite(metrics_path, "parity.max_abs_w_diff", parity)
     timing = read_timing(history_path)
@@ -116,7 +131,11 @@ def build_record(
     flat = run_params(params, variant)
     dataset_sha256 = file_sha256(dataset_path)
     hashes = {"dataset": dataset_sha256, "history": file_sha256(history_path), "model": file_sha256(model_path)}
-    tags = lineage | {"variant": variant, "gdpipe.status": "diverged" if model.diverged else "trained", "data.sha256": dataset_sha256}
+    tags = lineage | {
+        "variant": variant,
+        "gdpipe.status": "diverged" if model.diverged else "trained",
+        "data.sha256": dataset_sha256,
+    }
     if model.diverged:
         tags["gdpipe.diverged_at_epoch"] = str(model.diverged_at_epoch)
     experiment_name = os.environ.get("DVC_EXP_NAME")

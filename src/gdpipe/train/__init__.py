@@ -1,6 +1,6 @@
 """train: full-batch gradient descent on f(x) = w * x with one variant, and what to say when it diverges.
 
-    history = train("numpy", dataset, params.train)    # or "torch"
+history = train("numpy", dataset, params.train)    # or "torch"
 """
 
 from __future__ import annotations
@@ -46,10 +46,13 @@ def train(variant: Variant, data: Dataset, params: TrainParams) -> History:
 def divergence_note(variant: Variant, history: History, data: Dataset, params: TrainParams, x_layout: str) -> str:
     """One line saying where training diverged and which learning rates are stable for this data."""
     with np.errstate(over="ignore", invalid="ignore"):
-        first_loss = np.float32(mse(predict(np.float32(params.w_init), data.x), data.y))  # float32, as both variants record it
+        first_loss = np.float32(
+            mse(predict(np.float32(params.w_init), data.x), data.y)
+        )  # float32, as both variants record it
     if not np.isfinite(first_loss):
         return (
-            f"{variant} diverged at epoch 1: the loss at train.w_init = {params.w_init:g} is already beyond float32's range, "
+            f"{variant} diverged at epoch 1: the loss at train.w_init = {params.w_init:g} is already beyond "
+            "float32's range, "
             "whatever the learning rate; start nearer the data (a smaller |train.w_init|)."
         )
     gradient = params.numpy.gradient if variant == "numpy" else "mean"
@@ -57,8 +60,12 @@ def divergence_note(variant: Variant, history: History, data: Dataset, params: T
     note = (
         f"{variant} diverged at epoch {history.diverged_at}: w or loss is no longer finite. "
         f"Gradient descent on this data converges only for 0 < lr < {bound:.4g}"
-        f"{' (the summed gradient is n times larger)' if gradient == 'sum' else ' (1/mean(x^2))'}; train.lr = {params.lr:g}."
+        f"{' (the summed gradient is n times larger)' if gradient == 'sum' else ' (1/mean(x^2))'}; "
+        f"train.lr = {params.lr:g}."
     )
     if x_layout == "grid" and data.x.size > 4:
-        note += " With the 1..n grid, mean(x^2) grows like n^2/3, so the bound shrinks like 3/n^2: use data.x_layout: uniform for large n."
+        note += (
+            " With the 1..n grid, mean(x^2) grows like n^2/3, so the bound shrinks like 3/n^2: "
+            "use data.x_layout: uniform for large n."
+        )
     return note
