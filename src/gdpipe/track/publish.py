@@ -38,14 +38,9 @@ METRICS_PER_BATCH = 1000
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
-def store_dir(root: Path) -> Path:
-    """The embedded store's folder: mlruns/ of the real repository."""
-    return root / "mlruns"
-
-
 def tracking_uri(root: Path) -> str:
-    """MLFLOW_TRACKING_URI when set (a team's server), else the sqlite store in `root`/mlruns."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_dir(root) / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI when set (a team's server), else the embedded sqlite store in `root`/mlruns."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
 
 
 def repo_root() -> Path:
