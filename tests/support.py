@@ -222,6 +222,12 @@ def build_workspace(folder: Path, overrides: dict | None = None) -> Path:
 # --- a sqlite MLflow store, read directly ------------------------------------------------------
 
 
+def run_track(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The track stage as a child process in `folder` (a finished workspace), its output captured."""
+    command = [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+
+
 def runs_in_store(db: Path) -> list[tuple[str, str]]:
     """(run id, status) of every run in a sqlite store, read directly (nothing when the store is not made yet)."""
     if not db.exists():

@@ -22,6 +22,7 @@ from support import (
     assert_one_error_line,
     build_workspace,
     run_stage,
+    run_track,
     runs_in_store,
     src_env,
     stage,
@@ -128,13 +129,7 @@ def test_a_run_left_running_by_sigkill_while_publishing_is_marked_killed_by_the_
     runs = client.search_runs([client.get_experiment_by_name("gradient-descent").experiment_id])
     (abandoned,) = [run.info.run_id for run in runs if run.info.status == "RUNNING"]
 
-    done = subprocess.run(
-        [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = run_track(folder, env)
     assert done.returncode == 0, done.stderr
     published = json.loads((folder / "runs.json").read_text())
     assert dict(runs_in_store(db)) == {abandoned: "KILLED"} | {run["run_id"]: "FINISHED" for run in published.values()}

@@ -6,15 +6,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from support import REPO, TRACK_ARGS, assert_one_error_line, files_under, free_port, run_stage, src_env, stage
+from support import (
+    REPO,
+    TRACK_ARGS,
+    assert_one_error_line,
+    files_under,
+    free_port,
+    run_stage,
+    run_track,
+    src_env,
+    stage,
+)
 
 # A test hook, installed as sitecustomize: every attempt to reach the network is logged and refused.
 NO_NETWORK_HOOK = """
@@ -66,13 +74,7 @@ def guarded_track_run(workspace, tmp_path_factory):
         "JENKINS_URL",
     ):
         env.pop(name, None)
-    done = subprocess.run(
-        [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = run_track(folder, env)
     assert done.returncode == 0, done.stderr
     return folder, done, planted, root / "network.log"
 

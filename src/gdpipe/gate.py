@@ -53,31 +53,14 @@ def check(
             value, why = _lookup(metrics, variant, key)
             metric = name.removeprefix(f"{variant}.") if variant != BOTH else name
             shown = _number(value) if value is not None else why
+            checks = []  # (the bound as shown, passed)
             if bound.min is not None:
-                results.append(
-                    Result(
-                        metric,
-                        variant,
-                        value,
-                        shown,
-                        f">= {_number(bound.min)}",
-                        value is not None and value >= bound.min,
-                    )
-                )
+                checks.append((f">= {_number(bound.min)}", value is not None and value >= bound.min))
             if bound.max is not None:
-                results.append(
-                    Result(
-                        metric,
-                        variant,
-                        value,
-                        shown,
-                        f"<= {_number(bound.max)}",
-                        value is not None and value <= bound.max,
-                    )
-                )
+                checks.append((f"<= {_number(bound.max)}", value is not None and value <= bound.max))
             if bound.max_rel_increase is not None:
-                text, passed = _relative(value, bound, baseline.get(bound.baseline_rev), variant, key)
-                results.append(Result(metric, variant, value, shown, text, passed))
+                checks.append(_relative(value, bound, baseline.get(bound.baseline_rev), variant, key))
+            results += [Result(metric, variant, value, shown, text, passed) for text, passed in checks]
     return results
 
 
