@@ -13,6 +13,8 @@ STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
 UI_HOST ?= 127.0.0.1
 UI_PORT ?= 5000
 SWEEP_LRS ?= 0.001 0.01 0.1
+SERVE_VARIANT ?= torch
+SERVE_PORT ?= 5001
 BENCH_OUT ?= bench/latest.json
 
 # A .pth line in the venv's site-packages: every process its Python starts has the venv's tools on
@@ -20,10 +22,10 @@ BENCH_OUT ?= bench/latest.json
 # `.venv/bin/dvc queue start` from a shell without the venv would otherwise start workers that never run.
 VENV_ON_PATH := import os, sys; tools = os.path.dirname(sys.executable); tools and os.environ.update(PATH=os.pathsep.join(dict.fromkeys(filter(None, [tools, *os.environ.get("PATH", "").split(os.pathsep)]))))
 
-.PHONY: help repro test lint check bench ui sweep clean venv pipeline
+.PHONY: help repro test lint check promote serve bench ui sweep clean venv pipeline
 
 help:  ## list these targets
-	@grep -E '^[a-z]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/' | expand -t 8
+	@grep -E '^[a-z]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/' | expand -t 10
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,7 +43,7 @@ pipeline: $(STAMP)
 
 repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 	PYTHONPATH=src $(BIN)/python -m gdpipe.summary metrics.json
-	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)/#/experiments/1/runs?workflowType=machine_learning"
+	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)"
 
 # Two workers: most of the suite waits on real dvc, MLflow and server processes.
 test: $(STAMP)  ## run the tests
@@ -52,11 +54,22 @@ lint: $(STAMP)  ## ruff: lint and format check (make lint FIX=1 fixes what it ca
 	$(BIN)/ruff format $(if $(FIX),,--check) .
 
 # The gate runs this checkout's src/ (PYTHONPATH), as the stages do, also from a git worktree.
-check: pipeline  ## run the pipeline, then the quality gate (fails when a metric misses its bar)
-	PYTHONPATH=src $(BIN)/python -m gdpipe.gate --params params.yaml --metrics metrics.json \
-		--plot plots/curves.png --report reports/check.md
+GATE := PYTHONPATH=src $(BIN)/python -m gdpipe.gate --params params.yaml --metrics metrics.json \
+	--plot plots/curves.png --report reports/check.md
+REGISTRY := PYTHONPATH=src $(BIN)/python -m gdpipe.track.registry
 
-bench: $(STAMP)  ## benchmark against the hardware floor and the plain tutorial (writes $(BENCH_OUT))
+check: pipeline  ## run the pipeline, then the quality gate (fails when a metric misses its bar)
+	$(GATE)
+
+# A failed check (exit 1) still goes on, to say which version stays champion; bad input (2) stops.
+promote: pipeline  ## the pipeline and the gate; if every check passes, champion -> this result's models
+	$(GATE) || test $$? -eq 1
+	$(REGISTRY) promote --runs runs.json --published published.json --verdict reports/check.json --metrics metrics.json
+
+serve: $(STAMP)  ## serve the champion (SERVE_VARIANT=torch) on http://127.0.0.1:5001 (SERVE_PORT)
+	$(REGISTRY) serve --variant $(SERVE_VARIANT) --port $(SERVE_PORT)
+
+bench: $(STAMP)  ## benchmark against the hardware floor and the plain tutorial (bench/README.md)
 	$(BIN)/python bench/run.py --out '$(BENCH_OUT)'
 
 # On this machine only unless UI_HOST says otherwise. One worker: multi-worker servers are known to

@@ -45,10 +45,10 @@ def main(argv=None):
         )
         for variant, (model, history) in train_outputs(args.models, args.histories).items()
     ]
-    from gdpipe.track import publish  # only now: mlflow takes a second to import, bad input fails before it
+    from gdpipe.track import publish, store  # only now: mlflow takes a second to import, bad input fails before it
 
-    uri = publish.tracking_uri(publish.repo_root())
-    published = publish.publish(records, Dataset.load(args.data), params.track.experiment, uri)
+    uri = store.tracking_uri(store.repo_root())
+    published = publish.publish(records, Dataset.load(args.data), params.track.experiment, params.track.model_name, uri)
     write_json(args.runs, published)
     experiment = params.track.experiment
     write_json(
@@ -59,7 +59,8 @@ def main(argv=None):
         for run_id in run["abandoned_runs_killed"]:
             print(f"{variant}: run {run_id} was left RUNNING by a publisher that was killed; marked KILLED")
         found = "new run" if run["created"] else "already published as run"
-        print(f"{variant}: {found} {run['run_id']} ({experiment} at {run['tracking_uri']})")
+        model = f"; model {run['model_name']} version {run['model_version']}" if run["model_version"] else ""
+        print(f"{variant}: {found} {run['run_id']} ({experiment} at {run['tracking_uri']}){model}")
 
 
 if __name__ == "__main__":

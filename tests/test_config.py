@@ -144,7 +144,7 @@ def test_every_problem_is_named_in_one_line_unknown_keys_first(tmp_path, capsys)
     path = write_yaml(tmp_path / "params.yaml", document)
     assert run_generate(path) == 2
     assert capsys.readouterr().err == (
-        f"gdpipe: error: {path}: unknown key 'track.colour' (allowed here: experiment); "
+        f"gdpipe: error: {path}: unknown key 'track.colour' (allowed here: experiment, model_name); "
         "data.seed = -1: must be >= 0; train.lr = -1: must be > 0; evaluate.x = 'five': must be a number\n"
     )
 

@@ -160,8 +160,9 @@ for lr in lrs:
                      workspace / f"models/{v}.json", workspace / "metrics.json", (workspace / "plots/curves.png",), {})
         for v in ("numpy", "torch")
     ]
-    published = publish.publish(records, dataset, "gradient-descent", uri)
-    print(json.dumps({v: [run["run_id"], run["created"]] for v, run in published.items()}), flush=True)
+    published = publish.publish(records, dataset, "gradient-descent", "gdpipe", uri)
+    lines = {v: [run["run_id"], run["created"], run["model_version"]] for v, run in published.items()}
+    print(json.dumps(lines), flush=True)
 """
 
 
@@ -192,11 +193,17 @@ def test_parallel_publishers_on_one_fresh_store_lose_nothing_and_never_duplicate
     runs = client.search_runs([client.get_experiment_by_name("gradient-descent").experiment_id], max_results=100)
     assert len(runs) == 6 and all(run.info.status == "FINISHED" for run in runs)  # 3 learning rates x 2 variants
     assert len({run.data.tags["gdpipe.fingerprint"] for run in runs}) == 6
-    reported = {run_id for output in outputs.values() for published in output for run_id, _ in published.values()}
+    reported = {run_id for output in outputs.values() for published in output for run_id, _, _ in published.values()}
     assert reported == {run.info.run_id for run in runs}
     shared = [outputs["a"][0][v] for v in ("numpy", "torch")], [outputs["b"][0][v] for v in ("numpy", "torch")]
-    assert [run_id for run_id, _ in shared[0]] == [run_id for run_id, _ in shared[1]]  # one run for the common result
-    assert sorted(created for pair in shared for _, created in pair) == [False, False, True, True]
+    assert [run[0::2] for run in shared[0]] == [run[0::2] for run in shared[1]]  # one run and one version for it
+    assert sorted(created for pair in shared for _, created, _ in pair) == [False, False, True, True]
+    # One model version per result and variant, each naming its own run.
+    for variant in ("numpy", "torch"):
+        versions = client.search_model_versions(f"name = 'gdpipe-{variant}'")
+        assert sorted(int(version.version) for version in versions) == [1, 2, 3]
+        runs_of_variant = {run.info.run_id for run in runs if run.data.tags["variant"] == variant}
+        assert {version.run_id for version in versions} == runs_of_variant
     for run in runs:
         assert [point.step for point in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 101))
         assert run.data.params["train.lr"] in {lr for values in lrs.values() for lr in values}

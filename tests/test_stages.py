@@ -199,3 +199,13 @@ def test_a_diverged_run_is_reported_as_diverged_never_as_numbers(tmp_path, monke
             math.isfinite(point.value) and point.step < metrics[variant]["diverged_at_epoch"] for point in points
         )
         assert all(math.isfinite(value) for value in run.data.metrics.values())
+    # The registry: a model with a finite w is registered, but never named challenger (nor promoted).
+    for variant, run in json.loads((folder / "runs.json").read_text()).items():
+        if lr == 1e38:  # diverged before its first finite step: no model, no version
+            assert run["model_version"] is None and run["status"] == "diverged"
+            continue
+        version = client.get_model_version(f"gdpipe-{variant}", run["model_version"])
+        assert version.run_id == run["run_id"] and version.tags["gdpipe.status"] == "diverged"
+        at = metrics[variant]["diverged_at_epoch"]
+        assert version.description.endswith(f"diverged at epoch {at}, never promoted")
+        assert client.get_registered_model(f"gdpipe-{variant}").aliases == {}

@@ -271,7 +271,7 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
     )
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     with pytest.raises(InputError, match=r"vanished\.png") as err:
-        publish.publish([record], Dataset.load(repo / "data/dataset.npz"), "gradient-descent", uri)
+        publish.publish([record], Dataset.load(repo / "data/dataset.npz"), "gradient-descent", "gdpipe", uri)
     (run,) = all_runs(uri)
     assert run.info.status == "FAILED"
     assert str(err.value).endswith(f"; numpy run {run.info.run_id} marked FAILED")  # one line, said by the stage
@@ -295,14 +295,14 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
         (),
         {},
     )
-    published = publish.publish([record], Dataset.load(repo / "data/dataset.npz"), "gradient-descent", uri)
+    published = publish.publish([record], Dataset.load(repo / "data/dataset.npz"), "gradient-descent", "gdpipe", uri)
     assert published["numpy"]["created"] is True and published["numpy"]["abandoned_runs_killed"] == [abandoned]
     assert client.get_run(abandoned).info.status == "KILLED" and client.get_run(not_ours).info.status == "RUNNING"
     assert sorted(run.info.status for run in all_runs(uri)) == ["FAILED", "FINISHED", "KILLED", "RUNNING"]
 
 
 def test_credentials_in_the_uri_are_never_shown():
-    from gdpipe.track.publish import redact
+    from gdpipe.track.store import redact
 
     assert redact("https://alice:s3cret@mlflow.example.org:8443/") == "https://mlflow.example.org:8443/"
     assert redact("sqlite:////work/repo/mlruns/mlflow.db") == "sqlite:////work/repo/mlruns/mlflow.db"

@@ -3,7 +3,8 @@
     python -m gdpipe.gate --params params.yaml --metrics metrics.json --plot plots/curves.png --report reports/check.md
 
 Prints one row per check (metric, variant, value, bound, result), writes the same as Markdown for a
-pull-request comment with the loss curves beside it, and exits 0 when every check passes, 1 when any
+pull-request comment with the loss curves beside it and the verdict as JSON beside that (what
+`make promote` reads; the gate never talks to MLflow), and exits 0 when every check passes, 1 when any
 fails, 2 when the input is bad (invalid thresholds, no metrics.json, an unknown baseline revision).
 Every variant must also have trained without diverging: that check needs no threshold.
 """
@@ -20,7 +21,7 @@ from typing import Any
 from gdpipe.core import config
 from gdpipe.core.command import InputError, run_command
 from gdpipe.core.config import VARIANTS, Bound
-from gdpipe.core.files import atomic_write, read_json, write_bytes
+from gdpipe.core.files import atomic_write, file_sha256, read_json, write_bytes, write_json
 
 EXIT_FAILED = 1
 BOTH = "both"  # the variant column of a metric that compares the variants (parity)
@@ -142,8 +143,12 @@ def _tally(results: Sequence[Result]) -> str:
     failed = [result for result in results if not result.passed]
     if not failed:
         return f"all {len(results)} checks passed"
-    names = ", ".join(dict.fromkeys(f"{result.metric} ({result.variant})" for result in failed))
-    return f"{len(failed)} of {len(results)} checks failed: {names}"
+    return f"{len(failed)} of {len(results)} checks failed: {', '.join(failed_names(results))}"
+
+
+def failed_names(results: Sequence[Result]) -> list[str]:
+    """Each failed metric once, with its variant: loss (numpy)."""
+    return list(dict.fromkeys(f"{result.metric} ({result.variant})" for result in results if not result.passed))
 
 
 def _sentence(text: str) -> str:
@@ -230,7 +235,8 @@ def main(argv=None):
     parser.add_argument("--params", default="params.yaml", help="its thresholds section holds the bounds")
     parser.add_argument("--metrics", default="metrics.json", help="written by the evaluate stage")
     parser.add_argument("--plot", default="plots/curves.png", help="the loss curves the report shows")
-    parser.add_argument("--report", default="reports/check.md", help="the Markdown report; the picture goes beside it")
+    report_help = "the Markdown report; the picture (.png) and the verdict (.json) go beside it"
+    parser.add_argument("--report", default="reports/check.md", help=report_help)
     args = parser.parse_args(argv)
     params = config.load(args.params)
     metrics = read_json(args.metrics)
@@ -242,6 +248,8 @@ def main(argv=None):
     note = f"No picture: {args.plot} does not exist (run dvc repro)."
     with atomic_write(report) as handle:
         handle.write(format_markdown(results, image, note))
+    verdict = {"passed": passed(results), "failed": failed_names(results), "metrics_sha256": file_sha256(args.metrics)}
+    write_json(report.with_suffix(".json"), verdict)
     print(format_table(results))
     print(f"report: {report}" + ("" if image else f" ({note})"))
     return 0 if passed(results) else EXIT_FAILED

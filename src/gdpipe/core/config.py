@@ -94,6 +94,8 @@ class TrackParams(_Section):
     """Where `track` publishes runs in MLflow."""
 
     experiment: str = Field(min_length=1)
+    # The registered models are <model_name>-numpy and <model_name>-torch; part of a models:/ URI.
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)
 
 
 # The metrics the gate can bound, a closed set so that a misspelt name fails at load time.

@@ -2,17 +2,22 @@
 
     record.py        what one variant's run holds, gathered from the stage outputs (no MLflow)
     publish.py       the store, one run per variant and result, its metrics, artifacts, model and status
+    registry.py      model versions, the challenger and champion aliases; `promote` and `serve`
+    store.py         where the store is, how its writers take turns, how to name it without secrets
     pyfunc_model.py  the trained line as an MLflow pyfunc model (logged as code, so MLflow imports it too)
 
 Importing this package first gives MLflow the settings it reads, before mlflow itself is imported:
 no telemetry, no progress bars on stderr, and a tracking server that does not answer fails within
-seconds instead of after minutes of retries. A user's own settings win.
+seconds instead of after minutes of retries (a user's own settings win); and MLflow and its
+migrations log only warnings, not every table they create, so stderr keeps what matters.
 """
 
+import logging
 import os
 
 for _key, _value in {
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -20,3 +25,5 @@ for _key, _value in {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "4",
 }.items():
     os.environ.setdefault(_key, _value)
+
+logging.getLogger("alembic").setLevel(logging.WARNING)

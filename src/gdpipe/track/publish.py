@@ -7,14 +7,9 @@ in RUNNING. Public MLflow API only (`mlflow`, `MlflowClient`, `mlflow.entities`,
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import getpass
-import logging
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
 import mlflow.data.sources
@@ -22,72 +17,36 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, DataType, Schema
 
 from gdpipe.core import progress
 from gdpipe.core.artifacts import Dataset
 from gdpipe.core.command import InputError, Terminated, signals_held
 from gdpipe.track.record import RunRecord, now_ms
-
-# MLflow and its migrations log at INFO on stderr (table creation, migrations): keep stderr for what matters.
-for _logger in ("mlflow", "alembic"):
-    logging.getLogger(_logger).setLevel(logging.WARNING)
+from gdpipe.track.registry import model_name, register
+from gdpipe.track.store import first_line, redact, sqlite_file, store_lock
 
 FINGERPRINT_TAG = "gdpipe.fingerprint"
 # Metrics per log_batch call: MLflow's own limit per request, and one step of the progress bar.
 METRICS_PER_BATCH = 1000
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+# What the model answers, one number per x; no input schema, so that MLflow passes a list, an array
+# or a DataFrame through and the model says what it accepts (pyfunc_model.as_inputs).
+SIGNATURE = ModelSignature(outputs=Schema([ColSpec(DataType.double)]))
+INPUT_EXAMPLE = [5.0]  # shown in the UI, and the shape `mlflow models predict` and the server take
+# MLflow 3's UI opens an experiment of this kind in its model-training view, not the GenAI one.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def tracking_uri(root: Path) -> str:
-    """MLFLOW_TRACKING_URI when set (a team's server), else the embedded sqlite store in `root`/mlruns."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+def publish(
+    records: Sequence[RunRecord], dataset: Dataset, experiment: str, model_prefix: str, uri: str
+) -> dict[str, dict]:
+    """Find or create each record's run, and its model's version in the registry (`<model_prefix>-<variant>`).
 
-
-def repo_root() -> Path:
-    """The real repository: DVC_ROOT under DVC (which names the main repo also for queued runs), else here."""
-    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
-
-
-def redact(uri: str) -> str:
-    """The URI without a password or token, fit to print or record."""
-    parts = urlsplit(uri)
-    if not (parts.username or parts.password):
-        return uri
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    """The database file of a sqlite store (whose writers `store_lock` serialises); None for a server."""
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-
-@contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Serialise writers of one sqlite store: its first-time table creation and concurrent writes are not safe.
-
-    A server store needs no lock (the server serialises), so nothing is locked for it.
-    """
-    database = _sqlite_file(uri)
-    if database is None:
-        yield
-        return
-    folder = database.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".gdpipe.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def publish(records: Sequence[RunRecord], dataset: Dataset, experiment: str, uri: str) -> dict[str, dict]:
-    """Find or create each record's run.
-
-    Returns variant -> {run_id, experiment_id, tracking_uri, created, abandoned_runs_killed}, the
-    last being the variant's runs in this experiment that a killed publisher had left RUNNING
-    (sqlite only).
+    Returns variant -> {run_id, experiment_id, tracking_uri, created, abandoned_runs_killed,
+    fingerprint, status, model_name, model_version}; abandoned_runs_killed are the variant's runs
+    in this experiment that a killed publisher had left RUNNING (sqlite only).
     """
     mlflow.set_tracking_uri(uri)  # for the fluent calls
     published = {}
@@ -97,10 +56,12 @@ def publish(records: Sequence[RunRecord], dataset: Dataset, experiment: str, uri
             try:
                 abandoned = _mark_abandoned_runs_killed(client, experiment_id, record, uri)
                 run_id, created = _find_or_create_run(client, experiment_id, record, dataset, uri)
+                name = model_name(model_prefix, record.variant)
+                version = register(client, experiment_id, run_id, record, name)
             except (MlflowException, OSError) as err:  # the store went away or refused mid-way: one line, no traceback
                 raise InputError(
                     f"MLflow tracking store {redact(uri)} failed while publishing {record.variant}: "
-                    f"{_first_line(err, uri)}{_notes(err)}"
+                    f"{first_line(err, uri)}{_notes(err)}"
                 ) from None
             published[record.variant] = {
                 "run_id": run_id,
@@ -108,6 +69,10 @@ def publish(records: Sequence[RunRecord], dataset: Dataset, experiment: str, uri
                 "tracking_uri": redact(uri),
                 "created": created,
                 "abandoned_runs_killed": abandoned,
+                "fingerprint": record.fingerprint,
+                "status": record.tags["gdpipe.status"],
+                "model_name": name,
+                "model_version": version,
             }
     return published
 
@@ -121,7 +86,7 @@ def _mark_abandoned_runs_killed(client: MlflowClient, experiment_id: str, record
     bypass the lock; publish to the file, as `make repro` does.) A server has no such lock, and a
     RUNNING run there may be another worker's, being written right now, so it is left alone.
     """
-    if _sqlite_file(uri) is None:
+    if sqlite_file(uri) is None:
         return []
     running = (
         f"tags.variant = '{record.variant}' and tags.`{FINGERPRINT_TAG}` LIKE '%' and attributes.status = 'RUNNING'"
@@ -144,31 +109,17 @@ def _open(name: str, uri: str) -> tuple[MlflowClient, str]:
             client = MlflowClient(uri)
             found = client.get_experiment_by_name(name)
             if found is None:
-                database = _sqlite_file(uri)
+                database = sqlite_file(uri)
                 location = (database.parent / "artifacts").as_uri() if database else None
-                return client, client.create_experiment(name, artifact_location=location)
+                return client, client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
             if found.lifecycle_stage == "deleted":
                 client.restore_experiment(found.experiment_id)
+            for key, value in EXPERIMENT_KIND.items():
+                if found.tags.get(key) != value:
+                    client.set_experiment_tag(found.experiment_id, key, value)
             return client, found.experiment_id
     except (MlflowException, OSError) as err:
-        raise InputError(f"MLflow tracking store {redact(uri)} did not answer: {_first_line(err, uri)}") from None
-
-
-def _first_line(err: BaseException, uri: str) -> str:
-    """The first line of an error, fit to print: MLflow's messages repeat the URI, password included."""
-    text = str(err).strip()
-    line = (text.splitlines()[0] if text else type(err).__name__).replace(uri, redact(uri))
-    password = urlsplit(uri).password
-    secrets = (
-        password,
-        password and unquote(password),
-        os.environ.get("MLFLOW_TRACKING_PASSWORD"),
-        os.environ.get("MLFLOW_TRACKING_TOKEN"),
-    )
-    for secret in secrets:
-        if secret:
-            line = line.replace(secret, "***")
-    return line[:300]
+        raise InputError(f"MLflow tracking store {redact(uri)} did not answer: {first_line(err, uri)}") from None
 
 
 def _notes(err: BaseException) -> str:
@@ -209,6 +160,8 @@ def _find_or_create_run(
                     name="model",
                     python_model=str(MODEL_CODE),
                     artifacts={"trained_model": str(record.model_path)},
+                    signature=SIGNATURE,
+                    input_example=INPUT_EXAMPLE,
                     # Explicit: inferring requirements costs seconds and would capture the whole venv.
                     pip_requirements=[f"mlflow=={mlflow.__version__}"],
                     # MLflow would tag the model with MLFLOW_TRACKING_USERNAME, a credential.
@@ -226,7 +179,7 @@ def _find_or_create_run(
         except Exception as status_err:
             err.add_note(
                 f"{record.variant} run {run_id} could not be marked {status} and stays RUNNING "
-                f"({_first_line(status_err, uri)})"
+                f"({first_line(status_err, uri)})"
             )
         raise
     return run_id, True
