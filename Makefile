@@ -20,7 +20,7 @@ BENCH_OUT ?= bench/latest.json
 # A .pth line in the venv's site-packages: every process its Python starts has the venv's tools on
 # PATH, as `source .venv/bin/activate` gives a shell. DVC starts queue workers as a bare `dvc`, so
 # `.venv/bin/dvc queue start` from a shell without the venv would otherwise start workers that never run.
-VENV_ON_PATH := import os, sys; tools = os.path.dirname(sys.executable); tools and os.environ.update(PATH=os.pathsep.join(dict.fromkeys(filter(None, [tools, *os.environ.get("PATH", "").split(os.pathsep)]))))
+VENV_ON_PATH := import os, sys; tools = os.path.dirname(sys.executable); path = os.environ.get("PATH", os.defpath); tools and path.split(os.pathsep)[0] != tools and os.environ.update(PATH=tools + os.pathsep + path)
 
 .PHONY: help repro test lint check promote serve bench ui sweep clean venv pipeline
 
@@ -43,7 +43,7 @@ pipeline: $(STAMP)
 
 repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 	PYTHONPATH=src $(BIN)/python -m gdpipe.summary metrics.json
-	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)"
+	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)/#/experiments/1?workflowType=machine_learning"
 
 # Two workers: most of the suite waits on real dvc, MLflow and server processes.
 test: $(STAMP)  ## run the tests

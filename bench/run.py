@@ -14,6 +14,7 @@ quotes, updated on purpose with `make bench BENCH_OUT=bench/results.json`).
 4. pipeline   `dvc repro -f` / the tutorial script with MLflow logging (and / the bare script)
 5. overhead   `dvc repro` with everything up to date / `dvc status`
 6. collector  the stage commands with gdpipe's garbage-collector setting / with the collector off
+7. serving    requests per second to the served champion / to a bare echo model served the same way
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -31,19 +33,33 @@ import tempfile
 import time
 from pathlib import Path
 
+# This checkout's code and test helpers, whatever the venv's editable install points at.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import MAKE_ENV, REPO, VENV_BIN, child_env, copy_repo, load_default_params, with_overrides, write_yaml
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from gdpipe.core.files import write_json
+from support import (
+    MAKE_ENV,
+    REPO,
+    VENV_BIN,
+    child_env,
+    copy_repo,
+    free_port,
+    load_default_params,
+    with_overrides,
+    write_yaml,
+)
 
 SRC = REPO / "src"
-# The goal of each figure: the ratio must be at most this.
+# The goal of each figure: the median ratio must be at most (<=) or at least (>=) this.
 GOALS = {
-    "kernel numpy N=1e7": 3.0,
-    "kernel torch N=1e7": 10.0,
-    "memory numpy N=5e7": 1.6,
-    "memory torch N=5e7": 3.0,
-    "publish 10k epochs x 2": 1.2,
-    "pipeline / tutorial+mlflow": 1.0,
-    "repro up to date / status": 1.3,
+    "kernel numpy N=1e7": ("<=", 3.0),
+    "kernel torch N=1e7": ("<=", 10.0),
+    "memory numpy N=5e7": ("<=", 1.6),
+    "memory torch N=5e7": ("<=", 3.0),
+    "publish 10k epochs x 2": ("<=", 1.2),
+    "pipeline / tutorial+mlflow": ("<=", 1.0),
+    "repro up to date / status": ("<=", 1.3),
+    "serving, champion / echo model": (">=", 0.9),
 }
 
 
@@ -442,6 +458,112 @@ def bench_collector(quick: bool, work: Path) -> dict:
     return summarize(ratios) | {"seconds": seconds}
 
 
+# --- 7. serving ------------------------------------------------------------------------------
+
+CLIENTS = 8
+REQUEST = b'{"inputs": [5.0]}'
+
+
+def bench_serving(quick: bool, work: Path) -> dict:
+    """Requests per second at 8 concurrent clients: the champion / a bare echo model, served the same way.
+
+    Both are `mlflow models serve --env-manager local` on 127.0.0.1 from the same store, with the same
+    signature and input example; the servers take turns, one at a time, repeat by repeat.
+    """
+    import mlflow
+
+    import gdpipe.track  # noqa: F401  (first: gdpipe's MLflow settings, quiet logs among them)
+
+    repo = work / "serving"
+    copy_repo(repo)
+    say("serving: make promote")
+    timed(["make", "-o", ".venv/.installed", "promote"], repo)
+    uri = f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("bench")
+    with mlflow.start_run():
+        from gdpipe.track.publish import INPUT_EXAMPLE, SIGNATURE
+
+        code = str(REPO / "bench" / "echo_model.py")
+        echo = mlflow.pyfunc.log_model(name="echo", python_model=code, signature=SIGNATURE, input_example=INPUT_EXAMPLE)
+    models = {"champion": "models:/gdpipe-torch@champion", "echo": echo.model_uri}
+    seconds = 2.0 if quick else 5.0
+    repeats = 2 if quick else 3
+    ratios, latencies, rates = [], {"champion": [], "echo": []}, {"champion": [], "echo": []}
+    for repeat in range(repeats):
+        say(f"serving: repeat {repeat + 1}/{repeats}")
+        for name in ("champion", "echo") if repeat % 2 == 0 else ("echo", "champion"):
+            rate, took = served_rate(models[name], uri, repo, seconds)
+            rates[name].append(rate)
+            latencies[name] += took
+        ratios.append(rates["champion"][-1] / rates["echo"][-1])
+    return summarize(ratios) | {
+        "requests_per_second": rates,
+        "latency_ms": {name: percentiles(values) for name, values in latencies.items()},
+        "clients": CLIENTS,
+        "seconds_per_measurement": seconds,
+    }
+
+
+def served_rate(model_uri: str, uri: str, repo: Path, seconds: float) -> tuple[float, list[float]]:
+    """Serve `model_uri`, load it with CLIENTS keep-alive clients for `seconds`: requests per second and latencies."""
+    import http.client
+    import threading
+
+    port = free_port()
+    command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-p", str(port)]
+    server = subprocess.Popen(
+        [*command, "-h", "127.0.0.1"], cwd=repo, env=child_env(MLFLOW_TRACKING_URI=uri), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_health(port, server)
+        took: list[float] = []
+        deadline = time.perf_counter() + seconds
+
+        def client() -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                connection.request("POST", "/invocations", REQUEST, {"Content-Type": "application/json"})
+                answer = connection.getresponse()
+                answer.read()
+                assert answer.status == 200, answer.status
+                took.append((time.perf_counter() - start) * 1000)
+            connection.close()
+
+        threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return len(took) / (time.perf_counter() - started), took
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def wait_for_health(port: int, server: subprocess.Popen) -> None:
+    import urllib.request
+
+    for _ in range(600):
+        if server.poll() is not None:
+            raise RuntimeError(f"mlflow models serve exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("mlflow models serve did not answer within a minute")
+
+
+def percentiles(values: list[float]) -> dict:
+    """p50 and p99 of latencies in milliseconds."""
+    ordered = sorted(values)
+    return {"p50": ordered[len(ordered) // 2], "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]}
+
+
 def repro_output(repo: Path) -> str:
     """What `dvc repro --dry -f` prints: every stage and its command."""
     return timed_with_output([str(VENV_BIN / "dvc"), "repro", "--dry", "-f"], repo)[1]
@@ -543,20 +665,25 @@ def rows(results: dict) -> list[tuple[str, dict, float | None]]:
         table.append(("repro up to date / status", results["overhead"], GOALS["repro up to date / status"]))
     if "collector" in results:
         table.append(("stages, collector on / off", results["collector"], None))
+    if "serving" in results:
+        table.append(("serving, champion / echo model", results["serving"], GOALS["serving, champion / echo model"]))
     return table
 
 
 def format_table(results: dict) -> str:
     lines = [f"{'measure':<34} {'median':>8} {'min':>8} {'max':>8} {'goal':>7}  verdict", "-" * 78]
     for label, summary, goal in rows(results):
-        verdict = "" if goal is None else ("PASS" if summary["median"] <= goal else "MISS")
-        goal_text = "" if goal is None else f"<= {goal:g}"
+        verdict = goal_text = ""
+        if goal is not None:
+            direction, bound = goal
+            met = summary["median"] <= bound if direction == "<=" else summary["median"] >= bound
+            verdict, goal_text = "PASS" if met else "MISS", f"{direction} {bound:g}"
         ratios = " ".join(f"{summary[key]:>7.2f}x" for key in ("median", "min", "max"))
         lines.append(f"{label:<34} {ratios} {goal_text:>7}  {verdict}")
     return "\n".join(lines)
 
 
-SECTIONS = ("kernel", "memory", "publish", "pipeline", "overhead", "collector")
+SECTIONS = ("kernel", "memory", "publish", "pipeline", "overhead", "collector", "serving")
 
 
 def main(argv=None) -> int:
@@ -594,7 +721,7 @@ def main(argv=None) -> int:
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     results["goals"] = GOALS
     results["table"] = format_table(results).splitlines()
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
     print(format_table(results))
     if "pipeline" in results:
         parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in results["pipeline"]["breakdown_seconds"].items())
@@ -602,6 +729,10 @@ def main(argv=None) -> int:
         print(
             f"of track: log_model's scan of the installed packages {results['pipeline']['package_scan_seconds']:.2f} s"
         )
+    if "serving" in results:
+        latency_ms = results["serving"]["latency_ms"]
+        latency = {name: f"p50 {ms['p50']:.1f} ms, p99 {ms['p99']:.1f} ms" for name, ms in latency_ms.items()}
+        print(f"serving, {CLIENTS} clients: champion {latency['champion']}; echo {latency['echo']}")
     host = results["machine"]
     print(
         f"\n{host['nproc']} cores, {host['cpu']}, {host['memory_gib']} GiB; "

@@ -4,14 +4,13 @@ reaper for child processes. The plain helpers live in support.py."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 import gdpipe.track  # noqa: F401  (first: gives MLflow gdpipe's settings before any test imports mlflow)
 from gdpipe.core import config
-from support import VENV_BIN, build_workspace, child_env, copy_repo, load_default_params, with_overrides
+from support import build_workspace, copy_repo, dvc, load_default_params, with_overrides
 
 
 @pytest.fixture
@@ -22,21 +21,6 @@ def params():
         return config.Params.model_validate(with_overrides(load_default_params(), overrides or {}))
 
     return make
-
-
-def dvc(repo: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the venv's dvc in `repo` and return the finished process (output captured as text)."""
-    done = subprocess.run(
-        [str(VENV_BIN / "dvc"), *args], cwd=repo, env=env or child_env(), capture_output=True, text=True
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def stages_run(output: str) -> set[str]:
-    """The names of the stages a `dvc repro` output says it ran."""
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import contextlib
 import copy
 import importlib.util
 import io
+import json
 import os
 import shutil
 import socket
@@ -133,6 +134,27 @@ def wait_for_server(url: str, process: subprocess.Popen, log: Path, seconds: flo
     raise AssertionError(f"server at {url} did not start")
 
 
+def dvc(repo: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the venv's dvc in `repo` and return the finished process (output captured as text)."""
+    done = subprocess.run(
+        [str(VENV_BIN / "dvc"), *args], cwd=repo, env=env or child_env(), capture_output=True, text=True
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def stages_run(output: str) -> set[str]:
+    """The names of the stages a `dvc repro` output says it ran."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def run_track(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The track stage as a child process in `folder` (a finished workspace), its output captured."""
+    command = [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+
+
 # A test hook, installed as sitecustomize in a child: it touches a file when training starts, so a
 # signal can be sent while the process is certainly inside training.
 TRAINING_STARTED_HOOK = """
@@ -222,12 +244,6 @@ def build_workspace(folder: Path, overrides: dict | None = None) -> Path:
 # --- a sqlite MLflow store, read directly ------------------------------------------------------
 
 
-def run_track(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """The track stage as a child process in `folder` (a finished workspace), its output captured."""
-    command = [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS]
-    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
-
-
 def runs_in_store(db: Path) -> list[tuple[str, str]]:
     """(run id, status) of every run in a sqlite store, read directly (nothing when the store is not made yet)."""
     if not db.exists():
@@ -237,3 +253,43 @@ def runs_in_store(db: Path) -> list[tuple[str, str]]:
             return connection.execute("SELECT run_uuid, status FROM runs").fetchall()
     except sqlite3.OperationalError:  # the tables are being created, or a writer holds the lock
         return []
+
+
+# --- the lesson's metrics, for the gate --------------------------------------------------------
+
+# metrics.json of the lesson's run (100 epochs, lr 0.01, x = 1..4, y = 2x), as evaluate writes it.
+# Both variants end the lesson on the same float32 w, so their sections are equal.
+LESSON_VARIANT = {
+    "diverged": False,
+    "epochs_trained": 100,
+    "w": 1.9999996423721313,
+    "loss": 8.988365607365267e-13,
+    "prediction": 9.999998211860657,
+    "abs_error": 1.7881393432617188e-06,
+    "w_star_distance": 3.5762786865234375e-07,
+}
+LESSON = {
+    "numpy": dict(LESSON_VARIANT),
+    "torch": dict(LESSON_VARIANT),
+    "optimum": {"w_star": 2.0, "prediction": 10.0, "true_value": 10.0, "x": 5.0},
+    "parity": {"max_abs_w_diff": 5.960464477539063e-08},
+}
+
+
+def lesson(**changes: dict) -> dict:
+    """A deep copy of LESSON with whole sections replaced (numpy={...}) or removed (numpy=None)."""
+    metrics = copy.deepcopy(LESSON)
+    for section, content in changes.items():
+        if content is None:
+            del metrics[section]
+        else:
+            metrics[section] = content
+    return metrics
+
+
+def params_yaml(thresholds: str | None) -> str:
+    """This project's params.yaml with its thresholds section replaced by the YAML text given (None: left out)."""
+    document = YAML(typ="safe").load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    # JSON is YAML 1.2: the other sections are kept exactly, the thresholds text is the case under test.
+    lines = [f"{section}: {json.dumps(value)}" for section, value in document.items() if section != "thresholds"]
+    return "\n".join(lines + ([thresholds] if thresholds is not None else [])) + "\n"

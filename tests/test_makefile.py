@@ -1,4 +1,5 @@
-"""The Makefile as a user meets it: `make help`, what `make ui` binds, every target from a path with a space."""
+"""The Makefile as a user meets it: `make help`, what `make ui` binds, the venv on PATH, `make promote` and `make ui`
+from a path with a space."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import stages_run
-from support import REPO, child_env, free_port, wait_for_server
+from support import REPO, VENV_BIN, child_env, free_port, stages_run, wait_for_server
 
 
 def test_the_mlflow_ui_listens_on_localhost_unless_the_user_asks_otherwise():
@@ -59,7 +59,7 @@ def spaced_repo(reproduced_repo, tmp_path) -> Path:
     return repo
 
 
-def test_make_check_and_make_ui_work_from_a_path_with_a_space(spaced_repo, reaper):
+def test_make_promote_and_make_ui_work_from_a_path_with_a_space(spaced_repo, reaper):
     params = (spaced_repo / "params.yaml").read_text()
     # A new seed (the same grid) and one more epoch: every stage reruns.
     (spaced_repo / "params.yaml").write_text(
@@ -67,11 +67,12 @@ def test_make_check_and_make_ui_work_from_a_path_with_a_space(spaced_repo, reape
     )
     # -o: the copy's .venv is this checkout's (a symlink); never let make reinstall it from the copy.
     done = subprocess.run(
-        ["make", "-o", ".venv/.installed", "check"], cwd=spaced_repo, capture_output=True, text=True, env=child_env()
+        ["make", "-o", ".venv/.installed", "promote"], cwd=spaced_repo, capture_output=True, text=True, env=child_env()
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert stages_run(done.stdout) == {"generate", "train@numpy", "train@torch", "evaluate", "track"}
     assert "PASS: all 7 checks passed" in done.stdout and done.stdout.count(": new run ") == 2
+    assert done.stdout.endswith("gdpipe-torch: version 1 is champion (was none)\n")
     assert (spaced_repo / "mlruns" / "mlflow.db").exists()
     port = free_port()
     log = spaced_repo / "ui.log"
@@ -90,3 +91,20 @@ def test_make_check_and_make_ui_work_from_a_path_with_a_space(spaced_repo, reape
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (None, f"{VENV_BIN}{os.pathsep}{os.defpath}"),  # no PATH at all: the venv, then the system's default
+        ("/usr/bin::/bin", f"{VENV_BIN}{os.pathsep}/usr/bin::/bin"),  # an empty entry (this folder) stays
+        (f"{VENV_BIN}{os.pathsep}/bin", f"{VENV_BIN}{os.pathsep}/bin"),  # already first: left as it is
+    ],
+    ids=["unset", "empty-entry", "already-first"],
+)
+def test_the_venvs_python_puts_its_tools_first_on_path_as_activating_it_would(path, expected):
+    """So that DVC's queue workers, started as a bare `dvc`, are the venv's (the .pth line make installs)."""
+    env = {"HOME": os.environ.get("HOME", "/")} | ({} if path is None else {"PATH": path})
+    command = [str(VENV_BIN / "python"), "-c", "import os; print(os.environ['PATH'])"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == expected

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from conftest import dvc, stages_run
-from support import REPO, TRAINING_STARTED_HOOK, VENV_BIN, child_env, wait_for
+from support import REPO, TRAINING_STARTED_HOOK, VENV_BIN, child_env, dvc, stages_run, wait_for
 
 ALL_STAGES = {"generate", "train@numpy", "train@torch", "evaluate", "track"}
 

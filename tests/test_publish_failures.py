@@ -233,3 +233,23 @@ def test_a_store_that_fails_mid_publish_is_one_line_and_the_run_is_marked_failed
         f"; numpy run {run_id} marked FAILED\n",
     )
     assert not (folder / "published.json").exists() and not (folder / "runs.json").exists()
+
+
+def test_a_stop_while_the_run_is_being_made_marks_that_run_killed(own_workspace, tmp_path, monkeypatch):
+    """Ctrl-C that arrives inside create_run is held until the store has answered, so the run's id is
+    known and the run is marked KILLED, not left RUNNING."""
+    made = MlflowClient.create_run
+
+    def made_then_interrupted(self, *args, **kwargs):
+        run = made(self, *args, **kwargs)
+        signal.raise_signal(signal.SIGINT)  # as if Ctrl-C came while the store answered
+        return run
+
+    monkeypatch.setattr(MlflowClient, "create_run", made_then_interrupted)
+    monkeypatch.chdir(own_workspace)
+    db = tmp_path / "store" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    code, stderr = run_stage(stage("track").main, TRACK_ARGS)
+    ((run_id, status),) = runs_in_store(db)
+    assert (code, status) == (130, "KILLED")
+    assert stderr == f"gdpipe: interrupted (SIGINT); numpy run {run_id} marked KILLED; no output was half-written\n"

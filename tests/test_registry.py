@@ -19,8 +19,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from conftest import dvc, stages_run
-from support import REPO, VARIANTS, child_env, free_port, run_stage, wait_for_server
+from support import REPO, VARIANTS, child_env, dvc, free_port, run_stage, stages_run, wait_for_server
 
 MODEL_CODE = REPO / "src" / "gdpipe" / "track" / "pyfunc_model.py"
 
@@ -231,3 +230,16 @@ def test_make_serve_answers_f_of_x_over_http_and_survives_bad_requests(promoted_
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     assert "serving models:/gdpipe-torch@champion on http://127.0.0.1:" in log.read_text()
+
+
+def test_ci_promotes_to_the_team_server_only_on_pushes_to_main():
+    from ruamel.yaml import YAML
+
+    workflow = YAML(typ="safe").load((REPO / ".github" / "workflows" / "ci.yml").read_text())
+    promote = workflow["jobs"]["promote"]
+    assert promote["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    assert promote["needs"] == "test-and-check"  # after the tests and the gate passed
+    assert set(promote["env"]) == {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    assert all(value == f"${{{{ secrets.{key} }}}}" for key, value in promote["env"].items())
+    assert "make promote" in promote["steps"][-1]["run"]
+    assert "secrets." not in json.dumps(workflow["jobs"]["test-and-check"])  # pull requests never see them

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import dvc
-from support import VENV_BIN, child_env, free_port, wait_for_server
+from support import VENV_BIN, child_env, dvc, free_port, wait_for_server
 
 EPOCHS = 100
 
@@ -305,4 +304,5 @@ def test_credentials_in_the_uri_are_never_shown():
     from gdpipe.track.store import redact
 
     assert redact("https://alice:s3cret@mlflow.example.org:8443/") == "https://mlflow.example.org:8443/"
+    assert redact("http://alice:s3cret@[::1]:5000") == "http://[::1]:5000"
     assert redact("sqlite:////work/repo/mlruns/mlflow.db") == "sqlite:////work/repo/mlruns/mlflow.db"

@@ -35,7 +35,8 @@ MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 # or a DataFrame through and the model says what it accepts (pyfunc_model.as_inputs).
 SIGNATURE = ModelSignature(outputs=Schema([ColSpec(DataType.double)]))
 INPUT_EXAMPLE = [5.0]  # shown in the UI, and the shape `mlflow models predict` and the server take
-# MLflow 3's UI opens an experiment of this kind in its model-training view, not the GenAI one.
+# The experiment's kind for MLflow 3: model training, not GenAI. (The UI of MLflow 3.17 picks its view
+# from its own GenAI / Model training switch, or ?workflowType=machine_learning, not from this tag.)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
@@ -142,11 +143,12 @@ def _find_or_create_run(
     if existing:
         return existing[0].info.run_id, False
     tags = record.tags | {FINGERPRINT_TAG: record.fingerprint}
-    with signals_held():  # so that Ctrl-C cannot come between the run's creation and knowing its id
-        run_id = client.create_run(
-            experiment_id, start_time=record.started_ms or now_ms(), tags=tags, run_name=record.name
-        ).info.run_id
+    run_id = None
     try:
+        with signals_held():  # a stop that comes while the run is made lands once its id is known
+            run_id = client.create_run(
+                experiment_id, start_time=record.started_ms or now_ms(), tags=tags, run_name=record.name
+            ).info.run_id
         with signals_held():
             client.log_batch(run_id, params=[Param(key, str(value)) for key, value in record.params.items()])
         log_metrics(client, run_id, record)
@@ -171,16 +173,20 @@ def _find_or_create_run(
             # Ended afresh: start_run's exit set FINISHED at the time of publishing, not of training.
             client.set_terminated(run_id, "FINISHED", end_time=record.finished_ms or now_ms())
     except BaseException as err:
+        if run_id is None:
+            raise
         status = "KILLED" if isinstance(err, KeyboardInterrupt | Terminated) else "FAILED"
+        note = f"{record.variant} run {run_id} marked {status}"
         try:
             with signals_held():
                 client.set_terminated(run_id, status)
-            err.add_note(f"{record.variant} run {run_id} marked {status}")
         except Exception as status_err:
-            err.add_note(
-                f"{record.variant} run {run_id} could not be marked {status} and stays RUNNING "
-                f"({first_line(status_err, uri)})"
-            )
+            note = f"{record.variant} run {run_id} could not be marked {status} and stays RUNNING"
+            note += f" ({first_line(status_err, uri)})"
+        except BaseException as stop:  # a stop held while marking: it wins, and says what was done
+            stop.add_note(note)
+            raise
+        err.add_note(note)
         raise
     return run_id, True
 

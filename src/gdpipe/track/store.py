@@ -26,6 +26,7 @@ def redact(uri: str) -> str:
     if not (parts.username or parts.password):
         return uri
     host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
     return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
