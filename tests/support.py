@@ -90,9 +90,11 @@ def write_yaml(path: Path, document: object) -> Path:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a child dvc or stage process: this venv first, none of the caller's DVC
-    or MLflow settings (DVC_ROOT, a tracking server, timeouts), and the settings the Makefile exports."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_", "GDPIPE_"))}
+    """The environment for a child dvc, make or stage process: this venv first, none of the caller's
+    DVC, MLflow or make settings (DVC_ROOT, a tracking server, timeouts, MAKELEVEL), and the
+    settings the Makefile exports."""
+    # MAKE*: under `make test`, a child make would print "Entering directory" around its output.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_", "GDPIPE_", "MAKE", "MFLAGS"))}
     return env | {"PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"} | MAKE_ENV | extra
 
 
