@@ -141,8 +141,8 @@ def test_promote_moves_champion_only_when_the_gate_passes_and_a_known_result_add
     failed = make(repo, "promote")
     assert failed.returncode != 0
     assert "FAIL: 4 of 7 checks failed" in failed.stdout
-    why = "the gate failed (abs_error (numpy), abs_error (torch), loss (numpy), loss (torch))"
     for variant in VARIANTS:
+        why = f"the gate failed (abs_error ({variant}), loss ({variant}))"
         assert f"gdpipe-{variant}: version 1 stays champion; version 2 was not promoted: {why}\n" in failed.stdout
         assert client.get_registered_model(f"gdpipe-{variant}").aliases == {"champion": 1, "challenger": 2}
     set_epochs(repo, 5, 100)
@@ -243,3 +243,44 @@ def test_ci_promotes_to_the_team_server_only_on_pushes_to_main():
     assert all(value == f"${{{{ secrets.{key} }}}}" for key, value in promote["env"].items())
     assert "make promote" in promote["steps"][-1]["run"]
     assert "secrets." not in json.dumps(workflow["jobs"]["test-and-check"])  # pull requests never see them
+
+
+class FakeRegistry:
+    """The two calls promote makes, on a dict of aliases."""
+
+    def __init__(self, champions: dict[str, str]):
+        self.champions = champions
+
+    def get_model_version_by_alias(self, name, alias):
+        if name not in self.champions:
+            raise MlflowException.invalid_parameter_value("alias not found")  # as the sqlite registry answers
+        return type("Version", (), {"version": self.champions[name]})
+
+    def set_registered_model_alias(self, name, alias, version):
+        self.champions[name] = version
+
+
+def test_a_failed_gate_gives_each_variant_its_own_reasons_and_moves_nothing():
+    from gdpipe.track.registry import promote
+
+    registry = FakeRegistry({"gdpipe-numpy": "1"})
+    current = {v: {"model_name": f"gdpipe-{v}", "model_version": "2", "status": "trained"} for v in VARIANTS}
+    verdict = {"passed": False, "failed": ["loss (torch)", "parity.max_abs_w_diff (both)"]}
+    assert promote(registry, current, verdict) == (
+        [
+            "gdpipe-numpy: version 1 stays champion; version 2 was not promoted: "
+            "the gate failed (parity.max_abs_w_diff (both))",
+            "gdpipe-torch: no version is champion; version 2 was not promoted: "
+            "the gate failed (loss (torch), parity.max_abs_w_diff (both))",
+        ],
+        False,
+    )
+    assert registry.champions == {"gdpipe-numpy": "1"}
+    passed = {"passed": True, "failed": []}
+    current["torch"] |= {"model_version": None, "status": "diverged"}  # cannot pass the gate, but never promoted
+    lines, promoted = promote(registry, current, passed)
+    assert lines == [
+        "gdpipe-numpy: version 2 is champion (was 1)",
+        "gdpipe-torch: no version is champion; this result has no model to promote (it diverged before its first step)",
+    ]
+    assert not promoted and registry.champions == {"gdpipe-numpy": "2"}

@@ -85,8 +85,7 @@ def promote(client: MlflowClient, current: Mapping[str, Mapping], verdict: Mappi
     """Set `champion` on each variant's current version if the gate passed: one line per variant, and
     whether every one was promoted."""
     lines, promoted = [], True
-    why = ", ".join(verdict["failed"])
-    for run in current.values():
+    for variant, run in current.items():
         name, version = run["model_name"], run["model_version"]
         with signals_held():
             champion = _champion(client, name)
@@ -97,9 +96,16 @@ def promote(client: MlflowClient, current: Mapping[str, Mapping], verdict: Mappi
             lines.append(f"{name}: version {version} is champion ({was})")
             continue
         promoted = False
-        reason = f"the gate failed ({why})" if not verdict["passed"] else "this result has no model"
+        # This variant's failed checks, and those of both (parity); all of them if none is its own.
+        own = [name for name in verdict["failed"] if name.endswith((f"({variant})", "(both)"))]
         stays = f"version {champion} stays champion" if champion else "no version is champion"
-        lines.append(f"{name}: {stays}; version {version} was not promoted: {reason}")
+        if version is None:
+            why = "this result has no model to promote (it diverged before its first step)"
+        elif not verdict["passed"]:
+            why = f"version {version} was not promoted: the gate failed ({', '.join(own or verdict['failed'])})"
+        else:
+            why = f"version {version} was not promoted: it diverged"
+        lines.append(f"{name}: {stays}; {why}")
     return lines, promoted
 
 
