@@ -263,6 +263,7 @@ def bench_publish(quick: bool, work: Path) -> dict:
     os.environ.update(MAKE_ENV)  # both sides run with the settings `make` exports
     from mlflow import MlflowClient
 
+    import gdpipe.track  # noqa: F401  (first: gdpipe's MLflow settings, quiet logs among them)
     from gdpipe.core import config
     from gdpipe.data import generate
     from gdpipe.track import publish

@@ -131,9 +131,10 @@ def mlflow_server(tmp_path):
         log.close()
 
 
-def test_pipeline_publishes_to_a_real_tracking_server(reproduced_repo, mlflow_server):
-    """Complete runs on the server, in an experiment gdpipe makes there; a RUNNING run on a server may be
-    another worker's, being written, so publishing again leaves it alone."""
+def test_pipeline_publishes_to_a_real_tracking_server(reproduced_repo, mlflow_server, tmp_path):
+    """Complete runs and model versions on the server, in an experiment gdpipe makes there; promotion
+    works there as on sqlite; a RUNNING run on a server may be another worker's, being written, so
+    publishing again leaves it alone."""
     local_before = len(all_runs(store_uri(reproduced_repo)))
     env = child_env(MLFLOW_TRACKING_URI=mlflow_server)
     done = dvc(reproduced_repo, "repro", "--force", "--single-item", "track", env=env)
@@ -143,6 +144,17 @@ def test_pipeline_publishes_to_a_real_tracking_server(reproduced_repo, mlflow_se
     for run in runs:
         assert_complete_run(mlflow_server, run, run.data.tags["variant"])
     client = MlflowClient(mlflow_server)
+    report = tmp_path / "check.md"
+    src = {"PYTHONPATH": "src"}
+    gate = [sys.executable, "-m", "gdpipe.gate", "--report", str(report)]
+    assert subprocess.run(gate, cwd=reproduced_repo, env=child_env(**src), capture_output=True).returncode == 0
+    promote = [sys.executable, "-m", "gdpipe.track.registry", "promote", "--verdict", str(report.with_suffix(".json"))]
+    promoted = subprocess.run(promote, cwd=reproduced_repo, env=env | src, capture_output=True, text=True)
+    assert (promoted.returncode, promoted.stderr) == (0, "")
+    assert promoted.stdout.splitlines() == [f"gdpipe-{v}: version 1 is champion (was none)" for v in ("numpy", "torch")]
+    for variant in ("numpy", "torch"):
+        aliases = client.get_registered_model(f"gdpipe-{variant}").aliases  # versions as the server sends them
+        assert {alias: str(version) for alias, version in aliases.items()} == {"challenger": "1", "champion": "1"}
     in_progress = client.create_run(
         runs[0].info.experiment_id, tags={"gdpipe.fingerprint": "another worker's", "variant": "numpy"}
     ).info.run_id
