@@ -679,7 +679,7 @@ def format_table(results: dict) -> str:
             direction, bound = goal
             met = summary["median"] <= bound if direction == "<=" else summary["median"] >= bound
             verdict, goal_text = "PASS" if met else "MISS", f"{direction} {bound:g}"
-        ratios = " ".join(f"{summary[key]:>7.2f}x" for key in ("median", "min", "max"))
+        ratios = " ".join(f"{summary[key]:>7.3f}x" for key in ("median", "min", "max"))
         lines.append(f"{label:<34} {ratios} {goal_text:>7}  {verdict}")
     return "\n".join(lines)
 
