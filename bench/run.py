@@ -36,6 +36,7 @@ from pathlib import Path
 # This checkout's code and test helpers, whatever the venv's editable install points at.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import gdpipe.track  # noqa: F401  (before any mlflow import: gdpipe's MLflow settings, quiet logs among them)
 from gdpipe.core.files import write_json
 from support import (
     MAKE_ENV,
@@ -45,6 +46,7 @@ from support import (
     copy_repo,
     free_port,
     load_default_params,
+    wait_for_server,
     with_overrides,
     write_yaml,
 )
@@ -263,7 +265,6 @@ def bench_publish(quick: bool, work: Path) -> dict:
     os.environ.update(MAKE_ENV)  # both sides run with the settings `make` exports
     from mlflow import MlflowClient
 
-    import gdpipe.track  # noqa: F401  (first: gdpipe's MLflow settings, quiet logs among them)
     from gdpipe.core import config
     from gdpipe.data import generate
     from gdpipe.track import publish
@@ -473,8 +474,6 @@ def bench_serving(quick: bool, work: Path) -> dict:
     """
     import mlflow
 
-    import gdpipe.track  # noqa: F401  (first: gdpipe's MLflow settings, quiet logs among them)
-
     repo = work / "serving"
     copy_repo(repo)
     say("serving: make promote")
@@ -513,12 +512,14 @@ def served_rate(model_uri: str, uri: str, repo: Path, seconds: float) -> tuple[f
 
     port = free_port()
     command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-p", str(port)]
-    server = subprocess.Popen(
-        [*command, "-h", "127.0.0.1"], cwd=repo, env=child_env(MLFLOW_TRACKING_URI=uri), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    log = repo.parent / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [*command, "-h", "127.0.0.1"], cwd=repo, env=child_env(MLFLOW_TRACKING_URI=uri), stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
     try:
-        wait_for_health(port, server)
+        wait_for_server(f"http://127.0.0.1:{port}", server, log)
         took: list[float] = []
         deadline = time.perf_counter() + seconds
 
@@ -543,20 +544,6 @@ def served_rate(model_uri: str, uri: str, repo: Path, seconds: float) -> tuple[f
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-
-
-def wait_for_health(port: int, server: subprocess.Popen) -> None:
-    import urllib.request
-
-    for _ in range(600):
-        if server.poll() is not None:
-            raise RuntimeError(f"mlflow models serve exited with {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("mlflow models serve did not answer within a minute")
 
 
 def percentiles(values: list[float]) -> dict:

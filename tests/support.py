@@ -12,11 +12,13 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -149,6 +151,33 @@ def dvc(repo: Path, *args: str, check: bool = True, env: dict[str, str] | None =
 def stages_run(output: str) -> set[str]:
     """The names of the stages a `dvc repro` output says it ran."""
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def make(repo: Path, *args: str, env: dict | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run make in a copy of the project, output captured. -o: the copy's .venv is this checkout's (a
+    symlink), so make never reinstalls it from the copy."""
+    command = ["make", "-o", ".venv/.installed", *args]
+    return subprocess.run(command, cwd=repo, capture_output=True, text=True, env=env or child_env(), timeout=timeout)
+
+
+@contextlib.contextmanager
+def served(repo: Path, target: str, port_setting: str) -> Iterator[str]:
+    """`make <target> <port_setting>=<a free port>` running in a copy of the project, once it answers
+    /health: its URL. The server and everything it started are stopped afterwards."""
+    port = free_port()
+    log = repo.parent / f"{target}.log"
+    with log.open("w") as out:
+        command = ["make", "-o", ".venv/.installed", target, f"{port_setting}={port}"]
+        server = subprocess.Popen(
+            command, cwd=repo, stdout=out, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_server(url, server, log)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def run_track(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ import pytest
 from gdpipe import gate
 from gdpipe.core.command import run_main
 from gdpipe.core.config import Bound
-from support import LESSON, REPO, lesson, params_yaml
+from support import LESSON, REPO, child_env, lesson, make, params_yaml
 
 DEFAULTS = {"abs_error": Bound(max=0.01), "loss": Bound(max=1.0e-4), "parity.max_abs_w_diff": Bound(max=1.0e-5)}
 
@@ -112,22 +112,12 @@ def test_a_missing_metrics_file_is_bad_input_not_a_failure(workdir, capsys):
 
 
 def isolated_env() -> dict[str, str]:
-    """The environment for git, DVC and make in a temporary repository: no outer repo, user config or telemetry."""
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith(("GIT_", "DVC_")) and key != "PYTHONPATH"
-    }
+    """The environment for git, DVC and make in a temporary repository: child_env (this venv, no DVC,
+    MLflow or make settings, no telemetry) without an outer repository or the user's git config."""
+    env = {key: value for key, value in child_env().items() if not key.startswith("GIT_") and key != "PYTHONPATH"}
     identity = {"GIT_AUTHOR_NAME": "gdpipe tests", "GIT_AUTHOR_EMAIL": "tests@gdpipe.invalid"}
     identity |= {"GIT_COMMITTER_NAME": "gdpipe tests", "GIT_COMMITTER_EMAIL": "tests@gdpipe.invalid"}
-    return (
-        env
-        | identity
-        | {
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": os.devnull,
-            "DVC_NO_ANALYTICS": "1",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-        }
-    )
+    return env | identity | {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -182,8 +172,7 @@ def test_a_baseline_bound_compares_with_metrics_committed_at_a_revision(workdir,
 
 
 def make_check(project: Path) -> subprocess.CompletedProcess:
-    # -o: the shared .venv is installed already; never let a test reinstall it.
-    return run(["make", "-o", ".venv/.installed", "check"], project)
+    return make(project, "check", env=isolated_env(), timeout=300)
 
 
 def set_in_params(project: Path, old: str, new: str) -> None:

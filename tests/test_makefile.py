@@ -7,14 +7,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from support import REPO, VENV_BIN, child_env, free_port, stages_run, wait_for_server
+from support import REPO, VENV_BIN, make, served, stages_run
 
 
 def test_the_mlflow_ui_listens_on_localhost_unless_the_user_asks_otherwise():
@@ -59,38 +58,22 @@ def spaced_repo(reproduced_repo, tmp_path) -> Path:
     return repo
 
 
-def test_make_promote_and_make_ui_work_from_a_path_with_a_space(spaced_repo, reaper):
+def test_make_promote_and_make_ui_work_from_a_path_with_a_space(spaced_repo):
     params = (spaced_repo / "params.yaml").read_text()
     # A new seed (the same grid) and one more epoch: every stage reruns.
     (spaced_repo / "params.yaml").write_text(
         params.replace("  seed: 0\n", "  seed: 1\n").replace("  epochs: 100\n", "  epochs: 101\n")
     )
-    # -o: the copy's .venv is this checkout's (a symlink); never let make reinstall it from the copy.
-    done = subprocess.run(
-        ["make", "-o", ".venv/.installed", "promote"], cwd=spaced_repo, capture_output=True, text=True, env=child_env()
-    )
+    done = make(spaced_repo, "promote")
     assert done.returncode == 0, done.stdout + done.stderr
     assert stages_run(done.stdout) == {"generate", "train@numpy", "train@torch", "evaluate", "track"}
     assert "PASS: all 7 checks passed" in done.stdout and done.stdout.count(": new run ") == 2
     assert done.stdout.endswith("gdpipe-torch: version 1 is champion (was none)\n")
     assert (spaced_repo / "mlruns" / "mlflow.db").exists()
-    port = free_port()
-    log = spaced_repo / "ui.log"
-    with log.open("w") as out:
-        ui = subprocess.Popen(
-            ["make", "-o", ".venv/.installed", "ui", f"UI_PORT={port}"],
-            cwd=spaced_repo, stdout=out, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
-        )  # fmt: skip
-    reaper(ui)
-    try:
-        wait_for_server(f"http://127.0.0.1:{port}", ui, log)
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=gradient-descent"
-        ) as answer:
+    with served(spaced_repo, "ui", "UI_PORT") as url:
+        experiment = f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=gradient-descent"
+        with urllib.request.urlopen(experiment) as answer:
             assert json.load(answer)["experiment"]["name"] == "gradient-descent"  # the UI reads this project's store
-    finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        ui.wait(timeout=30)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from support import REPO, TRAINING_STARTED_HOOK, VENV_BIN, child_env, dvc, stages_run, wait_for
+from support import REPO, TRAINING_STARTED_HOOK, VENV_BIN, child_env, dvc, make, stages_run, wait_for
 
 ALL_STAGES = {"generate", "train@numpy", "train@torch", "evaluate", "track"}
 
@@ -91,9 +91,7 @@ def test_make_repro_stops_a_bad_params_file_before_dvc_touches_any_output(own_re
         for path in (repo / "data" / "dataset.npz", repo / "history" / "numpy.csv", repo / "metrics.json")
     }
     _set_param(repo, "data", "sead", 1)
-    done = subprocess.run(
-        ["make", "-o", ".venv/.installed", "repro"], cwd=repo, capture_output=True, text=True, env=child_env()
-    )
+    done = make(repo, "repro")
     assert done.returncode == 2 and stages_run(done.stdout) == set()
     gdpipe_lines = [line for line in done.stderr.splitlines() if line.startswith("gdpipe")]
     assert gdpipe_lines == [

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 import runpy
 import shutil
-import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -19,19 +17,13 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from support import REPO, VARIANTS, child_env, dvc, free_port, run_stage, stages_run, wait_for_server
+from support import REPO, VARIANTS, dvc, make, run_stage, served, stages_run
 
 MODEL_CODE = REPO / "src" / "gdpipe" / "track" / "pyfunc_model.py"
 
 
 def store(repo: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
-
-
-def make(repo: Path, *targets: str) -> subprocess.CompletedProcess:
-    # -o: the copy's .venv is this checkout's (a symlink); never let make reinstall it from the copy.
-    command = ["make", "-o", ".venv/.installed", *targets]
-    return subprocess.run(command, cwd=repo, capture_output=True, text=True, env=child_env())
 
 
 def set_epochs(repo: Path, old: int, new: int) -> None:
@@ -207,28 +199,16 @@ BAD = [
 ]
 
 
-def test_make_serve_answers_f_of_x_over_http_and_survives_bad_requests(promoted_repo, reaper):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = promoted_repo.parent / "serve.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            ["make", "-o", ".venv/.installed", "serve", f"SERVE_PORT={port}"],
-            cwd=promoted_repo, stdout=out, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True,
-        )  # fmt: skip
-    reaper(server)
-    try:
-        wait_for_server(url, server, log)
-        assert len(BAD[-1][0]) > 10_000_000
+def test_make_serve_answers_f_of_x_over_http_and_survives_bad_requests(promoted_repo):
+    assert len(BAD[-1][0]) > 10_000_000
+    with served(promoted_repo, "serve", "SERVE_PORT") as url:
         for body, message in BAD:
             code, answer = post(f"{url}/invocations", body)
             assert code == 400 and message in answer["message"], (body[:60], code, answer)
             assert post(f"{url}/invocations", GOOD[0][0]) == (200, {"predictions": GOOD[0][1]})  # still serving
         for body, predictions in GOOD:
             assert post(f"{url}/invocations", body) == (200, {"predictions": predictions}), body
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    log = promoted_repo.parent / "serve.log"
     assert "serving models:/gdpipe-torch@champion on http://127.0.0.1:" in log.read_text()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from support import VENV_BIN, child_env, dvc, free_port, wait_for_server
+from support import VENV_BIN, child_env, dvc, free_port, make, wait_for_server
 
 EPOCHS = 100
 
@@ -229,15 +229,7 @@ def test_sweep_lands_every_queued_run_in_the_main_store(own_reproduced_repo):
     before = {run.info.run_id for run in all_runs(store_uri(repo))}
     env = child_env()
     env["PATH"] = os.pathsep.join(part for part in env["PATH"].split(os.pathsep) if Path(part) != VENV_BIN)
-    # -o: the copy's .venv is this checkout's (a symlink); never let make reinstall it from the copy.
-    done = subprocess.run(
-        ["make", "-o", ".venv/.installed", "sweep", "SWEEP_LRS=0.02 0.05 0.1"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    done = make(repo, "sweep", "SWEEP_LRS=0.02 0.05 0.1", env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     new_runs = [run for run in all_runs(store_uri(repo)) if run.info.run_id not in before]
     assert len(new_runs) == 6
@@ -269,17 +261,12 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
 
     repo = reproduced_repo
     params = config.load(repo / "params.yaml")
-    record = build_record(
-        params,
-        read_json(repo / "metrics.json"),
-        repo / "data/dataset.npz",
-        "numpy",
-        repo / "history/numpy.csv",
-        repo / "models/numpy.json",
-        repo / "metrics.json",
-        (tmp_path / "vanished.png",),
-        {},
-    )
+
+    def numpy_record(artifacts: tuple[Path, ...]):
+        files = [repo / name for name in ("data/dataset.npz", "history/numpy.csv", "models/numpy.json", "metrics.json")]
+        return build_record(params, read_json(repo / "metrics.json"), files[0], "numpy", *files[1:], artifacts, {})
+
+    record = numpy_record((tmp_path / "vanished.png",))
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     with pytest.raises(InputError, match=r"vanished\.png") as err:
         publish.publish([record], Dataset.load(repo / "data/dataset.npz"), "gradient-descent", "gdpipe", uri)
@@ -295,17 +282,7 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
         experiment_id, tags={"gdpipe.fingerprint": "another result", "variant": "numpy"}
     ).info.run_id
     not_ours = client.create_run(experiment_id, tags={"variant": "numpy"}).info.run_id
-    record = build_record(
-        params,
-        read_json(repo / "metrics.json"),
-        repo / "data/dataset.npz",
-        "numpy",
-        repo / "history/numpy.csv",
-        repo / "models/numpy.json",
-        repo / "metrics.json",
-        (),
-        {},
-    )
+    record = numpy_record(())
     published = publish.publish([record], Dataset.load(repo / "data/dataset.npz"), "gradient-descent", "gdpipe", uri)
     assert published["numpy"]["created"] is True and published["numpy"]["abandoned_runs_killed"] == [abandoned]
     assert client.get_run(abandoned).info.status == "KILLED" and client.get_run(not_ours).info.status == "RUNNING"

@@ -43,6 +43,10 @@ class RunRecord:
     dataset_sha256: str
     artifacts: tuple[Path, ...]
 
+    @property
+    def diverged(self) -> bool:
+        return self.tags["gdpipe.status"] == "diverged"
+
 
 def run_params(params: Params, variant: Variant) -> dict[str, object]:
     """Every param that shaped the result, flattened under the same names for both variants.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,7 +47,7 @@ def register(client: MlflowClient, experiment_id: str, run_id: str, record: RunR
             version = str(min(int(each.version) for each in found))
         else:
             version = _create_version(client, experiment_id, run_id, record, name)
-        if record.tags["gdpipe.status"] != "diverged":
+        if not record.diverged:
             client.set_registered_model_alias(name, CHALLENGER, version)
     return version
 
@@ -72,7 +71,7 @@ def describe(record: RunRecord) -> str:
     """What a version is, in one line: the variant, its lr and epochs, and f(x) (or where it diverged)."""
     params = record.params
     what = f"{record.variant}, lr {params['train.lr']:g}, {params['train.epochs']} epochs"
-    if record.tags["gdpipe.status"] == "diverged":
+    if record.diverged:
         return f"{what}: diverged at epoch {record.tags['gdpipe.diverged_at_epoch']}, never promoted"
     w = float(record.history.w[-1])
     return f"{what}: f({params['evaluate.x']:g}) = {record.final_metrics['prediction']:.3f} (w = {w:.6f})"
@@ -97,7 +96,7 @@ def promote(client: MlflowClient, current: Mapping[str, Mapping], verdict: Mappi
             continue
         promoted = False
         # This variant's failed checks, and those of both (parity); all of them if none is its own.
-        own = [name for name in verdict["failed"] if name.endswith((f"({variant})", "(both)"))]
+        own = [check for check in verdict["failed"] if check.endswith((f"({variant})", "(both)"))]
         stays = f"version {champion} stays champion" if champion else "no version is champion"
         if version is None:
             why = "this result has no model to promote (it diverged before its first step)"
@@ -184,7 +183,7 @@ def main(argv=None):
 
 def serve(model_uri: str, uri: str, host: str, port: int) -> None:
     """Become `mlflow models serve` for the model, in this venv (no new environment), on host:port."""
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    mlflow = str(Path(sys.executable).with_name("mlflow"))  # this venv's, a dependency of gdpipe
     print(f'serving {model_uri} on http://{host}:{port} (POST /invocations with {{"inputs": [5.0]}})', flush=True)
     env = os.environ | {"MLFLOW_TRACKING_URI": uri}
     command = [mlflow, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", host, "-p", str(port)]
