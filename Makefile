@@ -15,6 +15,8 @@ UI_PORT ?= 5000
 SWEEP_LRS ?= 0.001 0.01 0.1
 SERVE_VARIANT ?= torch
 SERVE_PORT ?= 5001
+SERVER_DIR ?= .server
+SERVER_PORT ?= 5002
 BENCH_OUT ?= bench/latest.json
 
 # A .pth line in the venv's site-packages: every process its Python starts has the venv's tools on
@@ -22,15 +24,15 @@ BENCH_OUT ?= bench/latest.json
 # `.venv/bin/dvc queue start` from a shell without the venv would otherwise start workers that never run.
 VENV_ON_PATH := import os, sys; tools = os.path.dirname(sys.executable); path = os.environ.get("PATH", os.defpath); tools and path.split(os.pathsep)[0] != tools and os.environ.update(PATH=tools + os.pathsep + path)
 
-.PHONY: help repro test lint check promote serve bench ui sweep clean venv pipeline
+.PHONY: help repro test lint check promote serve server server-stop bench ui sweep clean venv pipeline
 
 help:  ## list these targets
-	@grep -E '^[a-z]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/' | expand -t 10
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/' | expand -t 13
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,server]'
 	$(BIN)/python -c 'import sys, sysconfig; open(sysconfig.get_path("purelib") + "/gdpipe-venv-on-path.pth", "w").write(sys.argv[1] + "\n")' '$(VENV_ON_PATH)'
 	touch $@
 
@@ -57,6 +59,7 @@ lint: $(STAMP)  ## ruff: lint and format check (make lint FIX=1 fixes what it ca
 GATE := PYTHONPATH=src $(BIN)/python -m gdpipe.gate --params params.yaml --metrics metrics.json \
 	--plot plots/curves.png --report reports/check.md
 REGISTRY := PYTHONPATH=src $(BIN)/python -m gdpipe.track.registry
+TEAM_SERVER := PYTHONPATH=src $(BIN)/python -m gdpipe.track.server
 
 check: pipeline  ## run the pipeline, then the quality gate (fails when a metric misses its bar)
 	$(GATE)
@@ -68,6 +71,14 @@ promote: pipeline  ## the pipeline and the gate; if every check passes, champion
 
 serve: $(STAMP)  ## serve the champion (SERVE_VARIANT=torch) on http://127.0.0.1:5001 (SERVE_PORT)
 	$(REGISTRY) serve --variant $(SERVE_VARIANT) --port $(SERVE_PORT)
+
+# A team's stack on this machine (docs/team-server.md): PostgreSQL on a socket in SERVER_DIR, MLflow on
+# 127.0.0.1 with proxied artifacts. SERVER_AUTH=1: basic auth, admin MLFLOW_TRACKING_USERNAME/PASSWORD.
+server: $(STAMP)  ## a team tracking server: MLflow on PostgreSQL, on http://127.0.0.1:5002 (SERVER_PORT)
+	$(TEAM_SERVER) start --dir '$(SERVER_DIR)' --port $(SERVER_PORT) $(if $(filter 1,$(SERVER_AUTH)),--auth)
+
+server-stop: $(STAMP)  ## stop what make server started; its data stays in .server/ for the next start
+	$(TEAM_SERVER) stop --dir '$(SERVER_DIR)'
 
 bench: $(STAMP)  ## benchmark against the hardware floor and the plain tutorial (bench/README.md)
 	$(BIN)/python bench/run.py --out '$(BENCH_OUT)'

@@ -17,7 +17,8 @@ from support import REPO, VENV_BIN, make, served, stages_run
 
 
 def test_the_mlflow_ui_listens_on_localhost_unless_the_user_asks_otherwise():
-    """`make ui` (the only server gdpipe starts) binds 127.0.0.1; UI_HOST=0.0.0.0 is the user's explicit choice."""
+    """`make ui` binds 127.0.0.1; UI_HOST=0.0.0.0 is the user's explicit choice. The only other server gdpipe
+    starts is make server's (track/server.py), on 127.0.0.1 too (tests/test_team_server.py)."""
 
     def ui_command(*overrides: str) -> str:
         done = subprocess.run(
@@ -35,7 +36,7 @@ def test_the_mlflow_ui_listens_on_localhost_unless_the_user_asks_otherwise():
     starters = [
         path.name for path in sources if re.search(r"mlflow\W+(ui|server)\b|0\.0\.0\.0|host=", path.read_text())
     ]
-    assert starters == ["Makefile"], starters  # no other place starts a server or binds every interface
+    assert starters == ["Makefile", "server.py"], starters  # no other place starts a server or binds every interface
 
 
 def test_make_help_lists_every_target_a_user_runs():
@@ -43,7 +44,8 @@ def test_make_help_lists_every_target_a_user_runs():
         ["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True, check=True
     )
     listed = [line.split()[0] for line in done.stdout.splitlines()]
-    targets = ["help", "venv", "repro", "test", "lint", "check", "promote", "serve", "bench", "ui", "sweep", "clean"]
+    targets = ["help", "venv", "repro", "test", "lint", "check", "promote", "serve", "server", "server-stop", "bench"]
+    targets += ["ui", "sweep", "clean"]
     assert listed == targets
     assert all(len(line.split(maxsplit=1)) == 2 for line in done.stdout.splitlines())  # each with what it does
 

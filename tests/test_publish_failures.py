@@ -229,8 +229,8 @@ def test_a_store_that_fails_mid_publish_is_one_line_and_the_run_is_marked_failed
     assert status == "FAILED"
     assert_one_error_line(
         stderr,
-        f"gdpipe: error: MLflow tracking store {uri} failed while publishing numpy: ",
-        f"; numpy run {run_id} marked FAILED\n",
+        f"gdpipe: error: MLflow tracking store {uri} failed: ",
+        f" (publishing numpy; numpy run {run_id} marked FAILED)\n",
     )
     assert not (folder / "published.json").exists() and not (folder / "runs.json").exists()
 

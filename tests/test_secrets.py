@@ -114,5 +114,5 @@ def test_a_password_in_the_tracking_uri_or_the_environment_is_never_printed(own_
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "s3cret-token")
     code, stderr = run_stage(stage("track").main, TRACK_ARGS)
     assert code == 2
-    assert_one_error_line(stderr, f"MLflow tracking store http://127.0.0.1:{port} did not answer")
+    assert_one_error_line(stderr, f"MLflow tracking store http://127.0.0.1:{port} refused the connection")
     assert "s3cret" not in stderr and "alice" not in stderr, stderr

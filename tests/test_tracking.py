@@ -202,7 +202,7 @@ def test_refused_tracking_server_fails_fast_with_one_line(reproduced_repo, tmp_p
     assert done.returncode == 2 and seconds < 15
     assert not (tmp_path / "published.json").exists() and not (tmp_path / "runs.json").exists()
     assert (
-        done.stderr.startswith(f"gdpipe: error: MLflow tracking store {uri} did not answer")
+        done.stderr.startswith(f"gdpipe: error: MLflow tracking store {uri} refused the connection: is the server")
         and done.stderr.count("\n") == 1
     ), done.stderr
 
@@ -272,7 +272,7 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
         publish.publish([record], Dataset.load(repo / "data/dataset.npz"), "gradient-descent", "gdpipe", uri)
     (run,) = all_runs(uri)
     assert run.info.status == "FAILED"
-    assert str(err.value).endswith(f"; numpy run {run.info.run_id} marked FAILED")  # one line, said by the stage
+    assert str(err.value).endswith(f"; numpy run {run.info.run_id} marked FAILED)")  # one line, said by the stage
     # The failed run does not count as published: the next attempt makes a complete one. It also marks
     # KILLED what a publisher killed with kill -9 left RUNNING (here: a numpy run of another result),
     # and leaves alone runs that are not gdpipe's.

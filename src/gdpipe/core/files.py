@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -22,13 +23,17 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
 
     A crash, a signal or an exception at any moment leaves either the old file or the new one,
     never half of one; the temporary file is removed on failure, or, when the writer was killed
-    (SIGKILL), by the next write of the same file.
+    (SIGKILL), by the next write of the same file. A full disk or a folder that cannot be written
+    is an InputError naming the file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(path)
-    # The writer's pid is in the name, so a later write can tell a killed writer's file from a live one's.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(path)
+        # The writer's pid is in the name, so a later write can tell a killed writer's file from a live one's.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _cannot_write(path, err) from None
     try:
         with open(fd, mode, encoding=None if "b" in mode else "utf-8", newline=None if "b" in mode else "") as handle:
             yield handle
@@ -36,10 +41,22 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(err, OSError) and err.errno in _UNWRITABLE:
+            raise _cannot_write(path, err) from None
         raise
+
+
+# Why a file cannot be written that the user can fix: a full disk or quota, a read-only or forbidden folder.
+_UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _cannot_write(path: Path, err: OSError) -> InputError:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InputError(f"{path}: cannot write it, the disk is full ({err.strerror}): free some space and run again")
+    return InputError(f"{path}: cannot write it ({err.strerror}): check the permissions of {path.parent}")
 
 
 def _remove_orphans(path: Path) -> None:

@@ -26,4 +26,6 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+# Not a default but a rule: MLflow's "View run at <URL>" lines would print a password in the URI.
+os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 logging.getLogger("alembic").setLevel(logging.WARNING)

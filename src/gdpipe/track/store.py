@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
+
+from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
+
+# What a failing store raises through MLflow's API: MLflow's own errors, and for a sqlite store the
+# database's (SQLAlchemy's) and the file system's.
+STORE_ERRORS = (MlflowException, SQLAlchemyError, OSError)
 
 
 def tracking_uri(root: Path) -> str:
@@ -36,21 +45,23 @@ def sqlite_file(uri: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
+def store_lock(uri: str) -> Iterator[bool]:
     """Serialise writers of one sqlite store: its first-time table creation and concurrent writes are not safe.
 
-    A server store needs no lock (the server serialises), so nothing is locked for it.
+    Yields whether the lock is held, so that no other gdpipe publisher is writing to the store. A
+    server store takes no lock (the server serialises each call; publishers take turns by claiming
+    a result, publish._publish_once), so it yields False.
     """
     database = sqlite_file(uri)
     if database is None:
-        yield
+        yield False
         return
     folder = database.parent
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".gdpipe.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -70,3 +81,72 @@ def first_line(err: BaseException, uri: str) -> str:
         if secret:
             line = line.replace(secret, "***")
     return line[:300]
+
+
+def explain(err: BaseException, uri: str) -> str:
+    """What went wrong with the store, and what to do, after "MLflow tracking store <uri> ": no secrets.
+
+    MLflow wraps what failed (a refused connection, a full disk, a damaged file) in its own exception;
+    the cause is found along the chain of causes.
+    """
+    causes = list(_chain(err))
+    codes = {getattr(cause, "error_code", None) for cause in causes}
+    numbers = {cause.errno for cause in causes if isinstance(cause, OSError)}
+    text = " ".join(str(cause) for cause in causes).lower()
+    where = sqlite_file(uri)
+    if "UNAUTHENTICATED" in codes:
+        credentials = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        if urlsplit(uri).username or any(os.environ.get(f"MLFLOW_TRACKING_{key}") for key in ("USERNAME", "TOKEN")):
+            return f"refused the credentials (401 Unauthorized): check {credentials}"
+        return f"asks for credentials (401 Unauthorized): export {credentials}"
+    if "PERMISSION_DENIED" in codes:
+        return "denied this user permission (403 Forbidden): ask its admin for EDIT permission on the experiment"
+    if errno.ECONNREFUSED in numbers:
+        return "refused the connection: is the server running (make server starts one)? Else check MLFLOW_TRACKING_URI"
+    if errno.ENOSPC in numbers or "database or disk is full" in text:
+        return "is on a full disk (no space left): free some space and run again; nothing of it was lost"
+    if numbers & {errno.EACCES, errno.EPERM, errno.EROFS} or "readonly database" in text:
+        folder = where.parent if where else "its folder"
+        return f"cannot be written (permission denied or read-only): check the permissions of {folder}"
+    if where is not None and ("malformed" in text or "not a database" in text):
+        return (
+            f"is damaged ({'malformed' if 'malformed' in text else 'not a database'}), and gdpipe never deletes a "
+            f"store that may hold runs: move it aside (mv '{where}' '{where}.damaged'), then publish again "
+            "(make repro) into a new one"
+        )
+    if "timed out" in text or "connection aborted" in text or "remote end closed" in text or "max retries" in text:
+        return f"did not answer: {first_line(causes[-1], uri)}; check that the server runs and MLFLOW_TRACKING_URI"
+    return f"failed: {first_line(err, uri)}"
+
+
+def _chain(err: BaseException | None) -> Iterator[BaseException]:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = getattr(err, "orig", None) or err.__cause__ or err.__context__  # orig: SQLAlchemy's driver error
+
+
+def half_built(database: Path) -> bool:
+    """True for a sqlite store whose first setup was cut short (a kill, a full disk): MLflow cannot open it.
+
+    MLflow makes its Default experiment (id 0) once all its tables are made, so a store without it
+    is half-built; one that can be read and holds no run or model either is safe to make anew. A store
+    that cannot be read, or holds anything, is not half-built: it is never deleted.
+    """
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as connection:
+            tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            default = "SELECT count(*) FROM experiments WHERE experiment_id = 0"
+            if "experiments" in tables and connection.execute(default).fetchone() != (0,):
+                return False
+            held = [table for table in ("runs", "registered_models", "experiments") if table in tables]
+            return all(connection.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,) for table in held)
+    except sqlite3.Error:
+        return False  # unreadable: it may hold runs
+
+
+def remove_store(database: Path) -> None:
+    """Delete a sqlite store's file and its journals (only one that is `half_built`)."""
+    for path in (database, *(database.with_name(database.name + end) for end in ("-journal", "-wal", "-shm"))):
+        path.unlink(missing_ok=True)
