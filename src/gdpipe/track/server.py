@@ -194,6 +194,7 @@ def _running_mlflow(stack: Stack) -> tuple[int, str] | None:
 
 def _start_mlflow(stack: Stack, host: str, port: int, auth: bool, workers: int) -> None:
     with socket.socket() as probe:  # else the health check below could be answered by whoever has the port
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a closed server's port is free
         try:
             probe.bind((host, port))
         except OSError as err:

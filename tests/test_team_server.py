@@ -1,0 +1,272 @@
+"""Team mode for real: `make server`'s MLflow server on PostgreSQL, with basic auth, and many publishers at once.
+
+One server for the whole module (the xdist group keeps its tests on one worker), started and stopped
+by make as a user would. Each test publishes into an experiment and registered models of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow import MlflowClient
+from ruamel.yaml import YAML
+
+from support import (
+    REPO,
+    TRACK_ARGS,
+    VARIANTS,
+    assert_one_error_line,
+    build_workspace,
+    child_env,
+    files_under,
+    free_port,
+    make,
+    src_env,
+    wait_for,
+    with_overrides,
+    write_yaml,
+)
+
+pytestmark = pytest.mark.xdist_group("team_server")
+
+ADMIN = "gdpipe-admin"
+PASSWORD = f"pw-{uuid.uuid4().hex}"  # the admin's: must appear nowhere but in the environment
+LONG_EPOCHS = 1000  # publishing a run's history then takes long enough (about a second) to be cut short
+CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
+
+
+@dataclass
+class TeamServer:
+    url: str
+    folder: Path  # SERVER_DIR
+    settings: tuple[str, ...]  # make's variables
+    outputs: list[str]  # everything make server printed
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return src_env(MLFLOW_TRACKING_URI=self.url, **CREDENTIALS) | extra
+
+    def client(self, monkeypatch) -> MlflowClient:
+        for key, value in CREDENTIALS.items():
+            monkeypatch.setenv(key, value)
+        return MlflowClient(self.url)
+
+
+@pytest.fixture(scope="module")
+def team_server():
+    # Not under pytest's tmp folder: when we are root, PostgreSQL runs as the user postgres, which must be
+    # able to reach its folder, and pytest makes its folders for root alone.
+    root = Path(tempfile.mkdtemp(prefix="gdpipe-team-"))
+    root.chmod(0o711)
+    port = free_port()
+    settings = (f"SERVER_DIR={root / 'server'}", f"SERVER_PORT={port}", "SERVER_AUTH=1")
+    started = make(REPO, "server", *settings, env=child_env(**CREDENTIALS))
+    server = TeamServer(f"http://127.0.0.1:{port}", root / "server", settings, [started.stdout, started.stderr])
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"export MLFLOW_TRACKING_URI={server.url}\n" in started.stdout
+        yield server
+    finally:
+        stopped = make(REPO, "server-stop", *settings, env=child_env())
+        assert stopped.returncode == 0 and "PostgreSQL" in stopped.stdout, stopped.stdout + stopped.stderr
+        shutil.rmtree(root)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> Path:
+    """A finished workspace (generate, train, evaluate): the result that publishers publish."""
+    return build_workspace(tmp_path_factory.mktemp("team") / "ws")
+
+
+def publishers(workspace: Path, root: Path, count: int, experiment: str) -> list[Path]:
+    """`count` copies of a workspace, as clones on different machines, publishing to `experiment`."""
+    folders = []
+    for index in range(count):
+        folder = Path(shutil.copytree(workspace, root / f"publisher-{index}"))
+        document = YAML(typ="safe").load((folder / "params.yaml").read_text())
+        write_yaml(folder / "params.yaml", with_overrides(document, {"track.experiment": experiment}))
+        folders.append(folder)
+    return folders
+
+
+def start_track(folder: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def publish_all(folders: list[Path], env: dict[str, str]) -> list[tuple[int, str, str]]:
+    """Run the track stage in every folder at the same moment; (exit code, stdout, stderr) of each."""
+    running = [start_track(folder, env) for folder in folders]
+    return [(process.wait(timeout=180), *process.communicate()) for process in running]
+
+
+def runs_of(client: MlflowClient, experiment: str) -> list:
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id], max_results=1000) if found else []
+
+
+def test_eight_publishers_of_one_result_make_one_run_per_variant(team_server, result, tmp_path, monkeypatch):
+    """At the same moment on a fresh experiment (its creation races too): all succeed, one run and one
+    model version per variant, and every publisher's runs.json names them."""
+    folders = publishers(result, tmp_path, 8, "one-result")
+    finished = publish_all(folders, team_server.env())
+    assert [code for code, _, _ in finished] == [0] * 8, [err for _, _, err in finished]
+    client = team_server.client(monkeypatch)
+    runs = runs_of(client, "one-result")
+    assert sorted((run.data.tags["variant"], run.info.status) for run in runs) == [
+        ("numpy", "FINISHED"),
+        ("torch", "FINISHED"),
+    ]
+    by_variant = {run.data.tags["variant"]: run.info.run_id for run in runs}
+    for folder in folders:
+        named = json.loads((folder / "runs.json").read_text())
+        assert {variant: entry["run_id"] for variant, entry in named.items()} == by_variant
+    assert sum(out.count(": new run ") for _, out, _ in finished) == 2  # the others found them
+    for variant in VARIANTS:
+        versions = client.search_model_versions(f"name = 'gdpipe-{variant}' and run_id = '{by_variant[variant]}'")
+        assert len(versions) == 1
+        assert "gdpipe.heartbeat" not in client.get_run(by_variant[variant]).data.tags  # a live run's only
+
+
+def test_eight_publishers_of_different_results_make_eight_runs_per_variant(team_server, tmp_path, monkeypatch):
+    folders = []
+    for index in range(8):
+        result = build_workspace(tmp_path / f"result-{index}", {"train.epochs": 20 + index})
+        folders += publishers(result, tmp_path / f"clone-{index}", 1, "many-results")
+    finished = publish_all(folders, team_server.env())
+    assert [code for code, _, _ in finished] == [0] * 8, [err for _, _, err in finished]
+    runs = runs_of(team_server.client(monkeypatch), "many-results")
+    assert len(runs) == 16 and {run.info.status for run in runs} == {"FINISHED"}
+    epochs = sorted((run.data.tags["variant"], run.data.params["train.epochs"]) for run in runs)
+    assert epochs == sorted((variant, str(20 + index)) for variant in VARIANTS for index in range(8))
+    named = {json.loads((folder / "runs.json").read_text())["numpy"]["run_id"] for folder in folders}
+    assert len(named) == 8  # each its own
+
+
+def kill_while_publishing(process: subprocess.Popen, client: MlflowClient, experiment: str, kill) -> str:
+    """Wait until the publisher's first run is RUNNING on the server, then `kill()`; that run's id."""
+    wait_for(lambda: any(run.info.status == "RUNNING" for run in runs_of(client, experiment)), process, 120, "a run")
+    (running,) = [run.info.run_id for run in runs_of(client, experiment) if run.info.status == "RUNNING"]
+    kill()
+    process.communicate(timeout=60)
+    return running
+
+
+def assert_healed(team_server, folder: Path, client: MlflowClient, experiment: str, abandoned: str) -> None:
+    """The next publish (which takes a run without progress for 2 s for abandoned) marks it KILLED and
+    completes the result: one FINISHED run per variant, none RUNNING."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
+        cwd=folder,
+        env=team_server.env(GDPIPE_ABANDONED_AFTER="2"),
+        capture_output=True,
+        text=True,
+    )
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert f"run {abandoned} was left RUNNING by a publisher that was killed; marked KILLED" in done.stdout
+    runs = runs_of(client, experiment)
+    statuses = sorted((run.data.tags["variant"], run.info.status) for run in runs if run.info.run_id != abandoned)
+    assert statuses == [("numpy", "FINISHED"), ("torch", "FINISHED")]
+    assert client.get_run(abandoned).info.status == "KILLED"
+
+
+def test_a_publisher_killed_with_sigkill_is_healed_by_the_next_publish(team_server, tmp_path, monkeypatch):
+    (folder,) = publishers(build_workspace(tmp_path / "long", {"train.epochs": LONG_EPOCHS}), tmp_path, 1, "sigkill")
+    client = team_server.client(monkeypatch)
+    process = start_track(folder, team_server.env())
+    abandoned = kill_while_publishing(process, client, "sigkill", process.kill)
+    assert process.returncode == -signal.SIGKILL
+    assert_healed(team_server, folder, client, "sigkill", abandoned)
+
+
+def test_a_server_killed_mid_publish_and_restarted_is_healed_by_the_next_publish(team_server, tmp_path, monkeypatch):
+    """The publisher says in one line that the server went away; `make server` starts it again on the same
+    data (the earlier runs are there), and the next publish heals the run left RUNNING."""
+    (folder,) = publishers(build_workspace(tmp_path / "long", {"train.epochs": LONG_EPOCHS + 1}), tmp_path, 1, "crash")
+    client = team_server.client(monkeypatch)
+    before = len(runs_of(client, "one-result"))
+    process = start_track(folder, team_server.env())
+    group = int((team_server.folder / "mlflow.pid").read_text().split()[0])
+    abandoned = kill_while_publishing(process, client, "crash", lambda: os.killpg(group, signal.SIGKILL))
+    _, stderr = process.communicate()
+    assert process.returncode == 2
+    assert_one_error_line(stderr, f"MLflow tracking store {team_server.url} ", "stays RUNNING")
+    restarted = make(REPO, "server", *team_server.settings, env=child_env(**CREDENTIALS))
+    team_server.outputs += [restarted.stdout, restarted.stderr]
+    assert restarted.returncode == 0 and "MLflow server on PostgreSQL at" in restarted.stdout, restarted.stderr
+    assert len(runs_of(client, "one-result")) == before
+    assert_healed(team_server, folder, client, "crash", abandoned)
+
+
+def test_wrong_credentials_and_missing_permission_are_one_line(team_server, result, tmp_path):
+    """401 for a wrong password or none, 403 for a user who may only read: exit 2, one line saying what to do."""
+    (folder,) = publishers(result, tmp_path, 1, "permissions")
+    assert publish_all([folder], team_server.env())[0][0] == 0  # the admin made the experiment
+    reader_password = uuid.uuid4().hex
+    created = requests.post(  # MLflow's REST API for users (its Python client imports a deprecated module)
+        f"{team_server.url}/api/2.0/mlflow/users/create",
+        json={"username": "reader", "password": reader_password},
+        auth=(ADMIN, PASSWORD),
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    cases = {
+        "wrong password": (team_server.env(MLFLOW_TRACKING_PASSWORD="not-the-password"), "refused the credentials"),
+        "none": (src_env(MLFLOW_TRACKING_URI=team_server.url), "asks for credentials (401 Unauthorized): export"),
+        "reader": (
+            team_server.env(MLFLOW_TRACKING_USERNAME="reader", MLFLOW_TRACKING_PASSWORD=reader_password),
+            "denied this user permission (403 Forbidden)",
+        ),
+    }
+    for name, (env, expected) in cases.items():
+        (folder / "runs.json").unlink(missing_ok=True)
+        ((code, _, err),) = publish_all([folder], env)
+        assert code == 2, (name, err)
+        assert_one_error_line(err, f"MLflow tracking store {team_server.url} {expected}")
+        assert not (folder / "runs.json").exists()
+
+
+def test_the_password_appears_nowhere(team_server, result, tmp_path):
+    """Not in what make server or the publishers print, in no file of the workspace or the server's folder
+    (logs, artifacts, the database's files), and not in a dump of its databases (runs, params, tags, users)."""
+    import psycopg2
+
+    (folder,) = publishers(result, tmp_path, 1, "secrets")
+    uri_with_password = team_server.url.replace("://", f"://{ADMIN}:{PASSWORD}@")
+    printed = publish_all([folder], team_server.env(MLFLOW_TRACKING_URI=uri_with_password))
+    assert printed[0][0] == 0, printed[0][2]
+    texts = {f"output {index}": text for index, text in enumerate(team_server.outputs + list(printed[0][1:]))}
+    texts |= {str(path): path.read_bytes().decode("latin-1") for path in files_under(folder)}
+    texts |= {str(path): path.read_bytes().decode("latin-1") for path in files_under(team_server.folder)}
+    cluster = team_server.folder / "postgres"
+    for database in ("mlflow", "mlflow_auth"):
+        with psycopg2.connect(host=str(cluster), port=5432, user="postgres", dbname=database) as connection:
+            cursor = connection.cursor()
+            cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+            for (table,) in cursor.fetchall():
+                cursor.execute(f'SELECT * FROM "{table}"')
+                texts[f"{database}.{table}"] = repr(cursor.fetchall())
+        connection.close()
+    assert "mlflow.runs" in texts and "mlflow_auth.users" in texts and len(texts) > 100
+    assert not [name for name, text in texts.items() if PASSWORD in text]
+    with psycopg2.connect(host=str(cluster), port=5432, user="postgres", dbname="mlflow") as connection:
+        cursor = connection.cursor()
+        cursor.execute("SHOW listen_addresses")
+        assert cursor.fetchone() == ("",)  # the database is on its socket only, never on the network
+    connection.close()
