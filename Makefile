@@ -22,7 +22,7 @@ BENCH_OUT ?= bench/latest.json
 # `.venv/bin/dvc queue start` from a shell without the venv would otherwise start workers that never run.
 VENV_ON_PATH := import os, sys; tools = os.path.dirname(sys.executable); path = os.environ.get("PATH", os.defpath); tools and path.split(os.pathsep)[0] != tools and os.environ.update(PATH=tools + os.pathsep + path)
 
-.PHONY: help repro test lint check promote serve bench ui sweep clean venv pipeline
+.PHONY: help repro test lint check promote serve push pull bench ui sweep clean venv pipeline
 
 help:  ## list these targets
 	@grep -E '^[a-z]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/' | expand -t 10
@@ -68,6 +68,16 @@ promote: pipeline  ## the pipeline and the gate; if every check passes, champion
 
 serve: $(STAMP)  ## serve the champion (SERVE_VARIANT=torch) on http://127.0.0.1:5001 (SERVE_PORT)
 	$(REGISTRY) serve --variant $(SERVE_VARIANT) --port $(SERVE_PORT)
+
+# DVC's push and pull of the default remote (.dvc/config; docs/remote.md), run-cache included; a
+# failure is one line naming the remote. A pull changes the workspace only once every file has arrived.
+REMOTE := PYTHONPATH=src $(BIN)/python -m gdpipe.remote
+
+push: $(STAMP)  ## send data, histories, models, the plot and DVC's run-cache to the DVC remote
+	$(REMOTE) push
+
+pull: $(STAMP)  ## bring them back from the remote: then make repro trains nothing
+	$(REMOTE) pull
 
 bench: $(STAMP)  ## benchmark against the hardware floor and the plain tutorial (bench/README.md)
 	$(BIN)/python bench/run.py --out '$(BENCH_OUT)'
