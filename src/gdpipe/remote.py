@@ -50,18 +50,24 @@ NOT_THERE = (
 
 
 def default_remote() -> tuple[str, str]:
-    """The default remote's name and URL (a local one as an absolute path), as `dvc remote list` shows them."""
-    listed = _dvc("remote", "list")
-    for line in listed.stdout.splitlines():
-        found = re.fullmatch(r"(\S+)\s+(.*?)\s+\(default\)", line.strip())
-        if found:
-            return found[1], found[2]
+    """The default remote's name and URL (a local one as an absolute path), from `dvc config --list`."""
+    listed = _dvc("config", "--list")
     if listed.returncode != 0:
-        raise InputError(f"dvc remote list failed: {_first_error(listed)}")
-    raise InputError(
-        "no DVC remote is configured as the default: add one with `dvc remote add --local -d NAME URL`, "
-        f"or choose one with `dvc remote default --local NAME` ({DOCS})"
-    )
+        raise InputError(f"dvc config --list failed: {_first_error(listed)}")
+    # One key=value per line, from the system's config to this clone's .dvc/config.local: the last one holds.
+    settings = dict(line.partition("=")[::2] for line in listed.stdout.splitlines() if "=" in line)
+    name = settings.get("core.remote")
+    if not name:
+        raise InputError(
+            "no DVC remote is configured as the default: add one with `dvc remote add --local -d NAME URL`, "
+            f"or choose one with `dvc remote default --local NAME` ({DOCS})"
+        )
+    url = settings.get(f"remote.{name}.url")
+    if not url:
+        raise InputError(
+            f"the default DVC remote '{name}' is not defined: add it with `dvc remote add --local {name} URL`"
+        )
+    return name, url
 
 
 def push(name: str, url: str) -> str:
