@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import assert_one_error_line, copy_repo, dvc, files_under, free_port, make, src_env, stages_run
+from support import REPO, assert_one_error_line, copy_repo, dvc, files_under, free_port, make, src_env, stages_run
 
 # Every output DVC caches, and the metrics it does not: what a pull must bring back byte for byte.
 OUTPUTS = [
@@ -237,3 +237,18 @@ def test_a_bad_s3_remote_is_one_line_naming_it_and_the_workspace_is_left_as_it_w
     assert done.returncode == 2, done.stdout + done.stderr
     assert_one_error_line(done.stderr, f"remote 'mine' ({url}): ", message.format(port=port))
     assert workspace(fresh_copy) == before
+
+
+def test_ci_pulls_and_pushes_on_pushes_only_and_comments_on_pull_requests_with_one_updated_comment():
+    from ruamel.yaml import YAML
+
+    jobs = YAML(typ="safe").load((REPO / ".github" / "workflows" / "ci.yml").read_text())["jobs"]
+    share = jobs["share"]
+    assert (share["if"], share["needs"]) == ("github.event_name == 'push'", "test-and-check")
+    runs = [step.get("run", "") for step in share["steps"]]
+    assert [index for index, run in enumerate(runs) if run.startswith("make ")] == [3, 4, 5]
+    assert runs[3].startswith("make pull") and runs[4] == "make check" and runs[5] == "make push"
+    assert share["steps"][5]["if"].endswith("&& github.ref == 'refs/heads/main'")
+    comment = jobs["test-and-check"]["steps"][-1]
+    assert comment["run"].startswith("cml comment update --target=pr --publish --watermark-title=")
+    assert "!cancelled()" in comment["if"] and "pull_request" in comment["if"]  # also when the gate failed
