@@ -6,7 +6,9 @@ Prints one row per check (metric, variant, value, bound, result), writes the sam
 pull-request comment with the loss curves beside it and the verdict as JSON beside that (what
 `make promote` reads; the gate never talks to MLflow), and exits 0 when every check passes, 1 when any
 fails, 2 when the input is bad (invalid thresholds, no metrics.json, an unknown baseline revision).
-Every variant must also have trained without diverging: that check needs no threshold.
+Every variant must also have trained without diverging: that check needs no threshold. The report
+also compares every metric and the params that differ with a baseline revision (--baseline; by default
+origin/$GITHUB_BASE_REF on a pull request in CI, else HEAD), read through dvc.api.
 """
 
 from __future__ import annotations
