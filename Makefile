@@ -24,7 +24,7 @@ BENCH_OUT ?= bench/latest.json
 # `.venv/bin/dvc queue start` from a shell without the venv would otherwise start workers that never run.
 VENV_ON_PATH := import os, sys; tools = os.path.dirname(sys.executable); path = os.environ.get("PATH", os.defpath); tools and path.split(os.pathsep)[0] != tools and os.environ.update(PATH=tools + os.pathsep + path)
 
-.PHONY: help repro test lint check promote serve server server-stop bench ui sweep clean venv pipeline
+.PHONY: help repro test lint check promote serve server server-stop push pull bench ui sweep clean venv pipeline
 
 help:  ## list these targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/' | expand -t 13
@@ -79,6 +79,16 @@ server: $(STAMP)  ## a team tracking server: MLflow on PostgreSQL, on http://127
 
 server-stop: $(STAMP)  ## stop what make server started; its data stays in .server/ for the next start
 	$(TEAM_SERVER) stop --dir '$(SERVER_DIR)'
+
+# DVC's push and pull of the default remote (.dvc/config; docs/remote.md), run-cache included; a
+# failure is one line naming the remote. A pull changes the workspace only once every file has arrived.
+REMOTE := PYTHONPATH=src $(BIN)/python -m gdpipe.remote
+
+push: $(STAMP)  ## send data, histories, models, the plot and DVC's run-cache to the DVC remote
+	$(REMOTE) push
+
+pull: $(STAMP)  ## bring them back from the remote: then make repro trains nothing
+	$(REMOTE) pull
 
 bench: $(STAMP)  ## benchmark against the hardware floor and the plain tutorial (bench/README.md)
 	$(BIN)/python bench/run.py --out '$(BENCH_OUT)'

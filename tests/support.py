@@ -247,6 +247,18 @@ EVALUATE_ARGS = (
     "--histories history/numpy.csv history/torch.csv --out metrics.json --plot plots/curves.png"
 ).split()
 EVALUATE_OUTS = ["metrics.json", "plots/curves.png"]
+# Every output of the pipeline: the ones DVC caches, metrics.json (in git) and published.json (not cached).
+OUTPUTS = [
+    "data/dataset.npz",
+    "history/numpy.csv",
+    "history/torch.csv",
+    "models/numpy.json",
+    "models/torch.json",
+    "metrics.json",
+    "plots/curves.png",
+    "published.json",
+]
+CACHED = [name for name in OUTPUTS if name not in ("metrics.json", "published.json")]
 TRACK_ARGS = (
     "--params params.yaml --data data/dataset.npz --histories history/numpy.csv history/torch.csv "
     "--models models/numpy.json models/torch.json --metrics metrics.json --plot plots/curves.png "

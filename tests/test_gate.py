@@ -183,3 +183,25 @@ def test_a_relative_bound_with_no_baseline_value_passes_but_says_so_and_a_diverg
         ("numpy", "diverged at epoch 7", "<= 9.8872e-13 (HEAD 8.98837e-13 +10%)", False),
         ("torch", "8.98837e-13", "HEAD +10%: no baseline (diverged at epoch 4 at HEAD)", True),
     ]
+
+
+# --- the comparison with a baseline (the git side: test_gate_command.py) -------------------------
+
+
+def test_a_metric_or_param_on_one_side_only_shows_a_dash_and_no_change():
+    base = {"numpy": {"loss": 1e-12, "diverged": False}, "old": {"x": 1}}
+    now = {"numpy": {"loss": 1e-12, "diverged": True, "w": 2.5}}
+    assert gate.diff_metrics(base, now) == [
+        ("numpy.diverged", "false", "true", "-"),
+        ("numpy.loss", "1e-12", "1e-12", "0"),
+        ("numpy.w", "-", "2.5", "-"),
+        ("old.x", "1", "-", "-"),
+    ]
+    changes = gate.Comparison("main", gate.diff_metrics(base, now), gate.diff_params({"train": {"lr": 0.1}}, {}))
+    assert changes.params == [("train.lr", "0.1", "-")]
+    assert changes.summary() == "3 of 4 metrics changed, 1 param differs"
+    assert changes.markdown("m.json", "p.yaml").splitlines()[-3:] == [
+        "| Path | Param | main | workspace |",
+        "| --- | --- | --- | --- |",
+        "| p.yaml | train.lr | 0.1 | - |",
+    ]

@@ -24,8 +24,11 @@ DEFAULTS = {"abs_error": Bound(max=0.01), "loss": Bound(max=1.0e-4), "parity.max
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    """A folder with params.yaml (default thresholds), the lesson's metrics.json and a stand-in plot."""
+    """A folder with params.yaml (default thresholds), the lesson's metrics.json and a stand-in plot; no git
+    repository, and no baseline set by the environment (CI sets GITHUB_BASE_REF on pull requests)."""
     monkeypatch.chdir(tmp_path)
+    for name in ("GDPIPE_BASELINE", "GITHUB_BASE_REF", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"))
     (tmp_path / "metrics.json").write_text(json.dumps(LESSON))
     (tmp_path / "plots").mkdir()
@@ -37,9 +40,11 @@ def test_the_command_prints_the_table_writes_the_report_and_exits_0(workdir, cap
     assert gate.main([]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["metric", "variant", "value", "bound", "result"]
-    assert "PASS: all 7 checks passed\nreport: reports/check.md\n" in out
+    no_git = "cannot read metrics.json at baseline 'HEAD': this folder is not in a git repository"
+    assert f"PASS: all 7 checks passed\nno comparison: {no_git}\nreport: reports/check.md\n" in out
     report = (workdir / "reports" / "check.md").read_text(encoding="utf-8")
-    assert report == gate.format_markdown(gate.check(LESSON, DEFAULTS, {}), "check.png")
+    comparison = f"### Compared with HEAD\n\n_No comparison: {no_git}._\n"  # the gate goes on without one
+    assert report == gate.format_markdown(gate.check(LESSON, DEFAULTS, {}), "check.png", comparison=comparison)
     assert (workdir / "reports" / "check.png").read_bytes() == b"\x89PNG\r\n\x1a\n stand-in"
 
 
@@ -132,16 +137,20 @@ def commit(repo: Path, message: str) -> None:
         assert done.returncode == 0, done.stderr
 
 
-def test_a_baseline_bound_compares_with_metrics_committed_at_a_revision(workdir, capsys, monkeypatch):
+def init_repo(folder: Path) -> None:
+    """git and DVC in `folder`; the gate's reports are not committed."""
     for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
-        assert run(command, workdir).returncode == 0
-    (workdir / ".gitignore").write_text("/reports/\n")
+        assert run(command, folder).returncode == 0
+    (folder / ".gitignore").write_text("/reports/\n")
+
+
+def test_a_baseline_bound_compares_with_metrics_committed_at_a_revision(workdir, capsys):
+    init_repo(workdir)
     (workdir / "metrics.json").unlink()
     commit(workdir, "no metrics yet")  # HEAD~2
     for loss in (3e-12, 1e-12):  # HEAD~1, HEAD
         (workdir / "metrics.json").write_text(json.dumps(lesson(numpy=LESSON["numpy"] | {"loss": loss})))
         commit(workdir, f"loss {loss}")
-    monkeypatch.delenv("DVC_ROOT", raising=False)
 
     def gate_with(loss: float, rev: str) -> int:
         (workdir / "metrics.json").write_text(json.dumps(lesson(numpy=LESSON["numpy"] | {"loss": loss})))
@@ -166,6 +175,55 @@ def test_a_baseline_bound_compares_with_metrics_committed_at_a_revision(workdir,
         capsys.readouterr().err
         == "gdpipe: error: thresholds: metrics.json does not exist at baseline_rev 'HEAD~2'; commit it there first\n"
     )
+
+
+def test_the_report_compares_metrics_and_params_with_the_baseline_as_dvc_diff_shows_them(workdir, capsys, monkeypatch):
+    init_repo(workdir)
+    base = lesson(numpy=LESSON["numpy"] | {"loss": 1e-12}, torch=LESSON["torch"] | {"abs_error": 0.004})
+    (workdir / "metrics.json").write_text(json.dumps(base))
+    commit(workdir, "baseline")
+    # The change: numpy's loss got worse, torch's error better, and the learning rate changed.
+    (workdir / "metrics.json").write_text(
+        json.dumps(lesson(numpy=LESSON["numpy"] | {"loss": 3e-12}, torch=LESSON["torch"] | {"abs_error": 0.001}))
+    )
+    params = workdir / "params.yaml"
+    params.write_text(params.read_text().replace("  lr: 0.01 ", "  lr: 0.02 "))
+
+    assert gate.main([]) == 0  # locally the baseline is HEAD
+    assert "compared with HEAD: 2 of 19 metrics changed, 1 param differs\n" in capsys.readouterr().out
+    report = (workdir / "reports" / "check.md").read_text(encoding="utf-8").splitlines()
+    start = report.index("### Compared with HEAD")
+    assert report[start : start + 5] == [
+        "### Compared with HEAD",
+        "",
+        "2 of 19 metrics changed, 1 param differs.",
+        "",
+        "| Path | Metric | HEAD | workspace | Change |",
+    ]
+    rows = {line.split(" | ")[1]: line for line in report if line.startswith("| metrics.json | ")}
+    assert len(rows) == 19
+    assert rows["numpy.loss"] == "| metrics.json | numpy.loss | 1e-12 | 3e-12 | 2e-12 |"  # worse
+    assert rows["torch.abs_error"] == "| metrics.json | torch.abs_error | 0.004 | 0.001 | -0.003 |"  # better
+    assert rows["numpy.w"] == "| metrics.json | numpy.w | 2 | 2 | 0 |"
+    assert rows["torch.diverged"] == "| metrics.json | torch.diverged | false | false | - |"
+    params_rows = [line for line in report if line.startswith("| params.yaml ")]
+    assert params_rows == ["| params.yaml | train.lr | 0.01 | 0.02 |"]
+    assert report[-1] == "![Loss and w per epoch of both variants](check.png)"
+
+    # In a pull request's CI run the baseline is the target branch, origin/<GITHUB_BASE_REF>.
+    assert run(["git", "update-ref", "refs/remotes/origin/main", "HEAD"], workdir).returncode == 0
+    monkeypatch.setenv("GITHUB_BASE_REF", "main")
+    assert gate.main([]) == 0
+    assert "compared with origin/main: 2 of 19 metrics changed, 1 param differs\n" in capsys.readouterr().out
+    # A default baseline that does not exist is said in the report; one the user names is bad input.
+    monkeypatch.setenv("GITHUB_BASE_REF", "release")
+    assert gate.main([]) == 0
+    unknown = "baseline 'origin/release' is not a revision of this git repository"
+    assert f"no comparison: {unknown}\n" in capsys.readouterr().out
+    assert f"_No comparison: {unknown}._" in (workdir / "reports" / "check.md").read_text(encoding="utf-8")
+    monkeypatch.setenv("GDPIPE_BASELINE", "v2")
+    assert run_main(gate.main, []) == 2
+    assert capsys.readouterr().err == "gdpipe: error: --baseline 'v2' is not a revision of this git repository\n"
 
 
 # --- `make check` on a copy of this project ------------------------------------------------------

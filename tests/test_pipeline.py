@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from support import REPO, TRAINING_STARTED_HOOK, VENV_BIN, child_env, dvc, make, stages_run, wait_for
+from support import OUTPUTS, REPO, TRAINING_STARTED_HOOK, VENV_BIN, child_env, dvc, make, stages_run, wait_for
 
 ALL_STAGES = {"generate", "train@numpy", "train@torch", "evaluate", "track"}
 
@@ -193,17 +193,6 @@ def test_nothing_phones_home():
 
 
 # --- interrupted and forced reruns ---------------------------------------------------------
-
-OUTPUTS = [
-    "data/dataset.npz",
-    "history/numpy.csv",
-    "history/torch.csv",
-    "models/numpy.json",
-    "models/torch.json",
-    "metrics.json",
-    "plots/curves.png",
-    "published.json",
-]
 
 
 def hashes(repo: Path, names=OUTPUTS) -> dict[str, str]:

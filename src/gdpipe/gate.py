@@ -6,14 +6,18 @@ Prints one row per check (metric, variant, value, bound, result), writes the sam
 pull-request comment with the loss curves beside it and the verdict as JSON beside that (what
 `make promote` reads; the gate never talks to MLflow), and exits 0 when every check passes, 1 when any
 fails, 2 when the input is bad (invalid thresholds, no metrics.json, an unknown baseline revision).
-Every variant must also have trained without diverging: that check needs no threshold.
+Every variant must also have trained without diverging: that check needs no threshold. The report
+also compares every metric and the params that differ with a baseline revision (--baseline; by default
+origin/$GITHUB_BASE_REF on a pull request in CI, else HEAD), read through dvc.api.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ from gdpipe.core.files import atomic_write, file_sha256, read_json, write_bytes,
 EXIT_FAILED = 1
 BOTH = "both"  # the variant column of a metric that compares the variants (parity)
 HEADER = ("metric", "variant", "value", "bound", "result")
+MISSING = object()  # a metric or param one side of a comparison does not have
 
 
 @dataclass(frozen=True)
@@ -167,8 +172,11 @@ def format_table(results: Sequence[Result]) -> str:
     return "\n".join([*lines, verdict(results)])
 
 
-def format_markdown(results: Sequence[Result], image: str | None, note: str = "No picture of the loss curves.") -> str:
-    """The same table as GitHub Markdown, for a pull-request comment, with `image` (a relative link) or `note` below."""
+def format_markdown(
+    results: Sequence[Result], image: str | None, note: str = "No picture of the loss curves.", comparison: str = ""
+) -> str:
+    """The same table as GitHub Markdown, for a pull-request comment, then `comparison` (Markdown), then `image` (a
+    relative link) or `note`."""
     mark = {True: "✅ pass", False: "❌ **FAIL**"}
     lines = [
         f"## gdpipe quality gate: {'PASS' if passed(results) else 'FAIL'}",
@@ -182,6 +190,8 @@ def format_markdown(results: Sequence[Result], image: str | None, note: str = "N
         metric, variant, shown, bound, _ = (cell.replace("|", "\\|") for cell in _cells(result))
         lines.append(f"| `{metric}` | {variant} | {shown} | {bound} | {mark[result.passed]} |")
     lines.append("")
+    if comparison:
+        lines += [comparison.rstrip("\n"), ""]
     lines.append(f"![Loss and w per epoch of both variants]({image})" if image else f"_{note}_")
     return "\n".join(lines) + "\n"
 
@@ -189,32 +199,128 @@ def format_markdown(results: Sequence[Result], image: str | None, note: str = "N
 def load_baselines(metrics_path: str | Path, thresholds: Mapping[str, Bound]) -> dict[str, dict]:
     """metrics.json as committed at each revision a relative bound names, read through DVC (as `dvc metrics show`)."""
     revs = sorted({bound.baseline_rev for bound in thresholds.values() if bound.max_rel_increase is not None})
-    if not revs:
-        return {}
+    return {rev: read_metrics_at(metrics_path, rev, "thresholds: baseline_rev") for rev in revs}
+
+
+def read_metrics_at(path: str | Path, rev: str, asked: str) -> dict:
+    """The metrics file at `rev` through `dvc.api.metrics_show`; InputError starting with `asked` if unreadable."""
     # Imported only here: DVC takes a second to import and needs a git repository.
     import dvc.api
-    from dvc.exceptions import DvcException
-    from dvc.scm import RevError
 
-    baselines = {}
-    for rev in revs:
-        try:
-            document = dvc.api.metrics_show(str(metrics_path), rev=rev)
-        except RevError:
-            raise InputError(f"thresholds: baseline_rev {rev!r} is not a revision of this git repository") from None
-        except FileNotFoundError:
-            raise InputError(
-                f"thresholds: {metrics_path} does not exist at baseline_rev {rev!r}; commit it there first"
-            ) from None
-        except DvcException as err:
-            raise InputError(f"thresholds: cannot read {metrics_path} at baseline_rev {rev!r}: {err}") from None
-        if not isinstance(document, dict):
-            raise InputError(
-                f"thresholds: {metrics_path} at baseline_rev {rev!r} is not a metrics file written by the evaluate "
-                "stage"
-            )
-        baselines[rev] = document
-    return baselines
+    document = _read_at(lambda: dvc.api.metrics_show(str(path), rev=rev), path, rev, asked)
+    if not isinstance(document, dict):
+        raise InputError(f"{asked} {rev!r}: {path} there is not a metrics file written by the evaluate stage")
+    return document
+
+
+def _read_at(read: Callable[[], Any], path: str | Path, rev: str, asked: str) -> Any:
+    """`read()`, a dvc.api call at `rev`; its failures as InputError: "<asked> 'rev' is not a revision ..."."""
+    from dvc.exceptions import DvcException
+    from dvc.scm import CloneError, RevError
+
+    where, at = asked.rpartition(" ")[::2]  # "thresholds: baseline_rev" -> "thresholds:", "baseline_rev"
+    where = f"{where} " if where else ""
+    try:
+        return read()
+    except RevError:
+        raise InputError(f"{asked} {rev!r} is not a revision of this git repository") from None
+    except CloneError:  # what dvc.api raises outside a git repository
+        raise InputError(f"{where}cannot read {path} at {at} {rev!r}: this folder is not in a git repository") from None
+    except FileNotFoundError:
+        raise InputError(f"{where}{path} does not exist at {at} {rev!r}; commit it there first") from None
+    except DvcException as err:
+        raise InputError(f"{where}cannot read {path} at {at} {rev!r}: {err}") from None
+
+
+# --- the comparison with a baseline revision, as `dvc metrics diff` and `dvc params diff` show it ------
+
+
+def default_baseline() -> str:
+    """What the report compares with unless told: the pull request's target branch in CI, else HEAD."""
+    target = os.environ.get("GITHUB_BASE_REF")  # set by GitHub Actions on pull requests only
+    return f"origin/{target}" if target else "HEAD"
+
+
+def flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"numpy": {"loss": 1}} -> {"numpy.loss": 1}, as DVC names metrics and params."""
+    flat = {}
+    for key, value in document.items():
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    if value is MISSING:
+        return "-"
+    if _is_number(value):
+        return _number(value)
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def diff_metrics(base: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, baseline, workspace, change) for every metric of either side, by name (`dvc metrics diff --all`)."""
+    base, now = flatten(base), flatten(now)
+    rows = []
+    for name in sorted(base.keys() | now.keys()):
+        old, new = base.get(name, MISSING), now.get(name, MISSING)
+        change = _number(new - old) if _is_number(old) and _is_number(new) else "-"
+        rows.append((name, _shown(old), _shown(new), change))
+    return rows
+
+
+def diff_params(base: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(param, baseline, workspace) for each param that differs, sorted by name: `dvc params diff`."""
+    base, now = flatten(base), flatten(now)
+    names = sorted(name for name in base.keys() | now.keys() if base.get(name, MISSING) != now.get(name, MISSING))
+    return [(name, _shown(base.get(name, MISSING)), _shown(now.get(name, MISSING))) for name in names]
+
+
+def compare(rev: str, metrics_path: str, metrics: Mapping[str, Any], params_path: str, asked: str) -> Comparison:
+    """The metrics and params at `rev` against these; InputError (starting with `asked`) if `rev` cannot be read."""
+    import dvc.api
+
+    base_metrics = read_metrics_at(metrics_path, rev, asked)
+    base_params = _read_at(lambda: dvc.api.params_show(params_path, rev=rev), params_path, rev, asked)
+    now_params = _read_at(lambda: dvc.api.params_show(params_path), params_path, "workspace", asked)
+    return Comparison(rev, diff_metrics(base_metrics, metrics), diff_params(base_params, now_params))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What changed since a baseline revision: every metric (diff_metrics) and the params that differ (diff_params)."""
+
+    rev: str
+    metrics: list[tuple[str, str, str, str]]
+    params: list[tuple[str, str, str]]
+
+    def summary(self) -> str:
+        """2 of 19 metrics changed, 1 param differs."""
+        changed = sum(1 for _, old, new, change in self.metrics if old != new or change not in ("0", "-"))
+        params = f"{len(self.params)} param{'s differ' if len(self.params) != 1 else ' differs'}"
+        return f"{changed} of {len(self.metrics)} metrics changed, {params}"
+
+    def markdown(self, metrics_path: str, params_path: str) -> str:
+        """As `dvc metrics diff --md --all` and `dvc params diff --md` lay them out, numbers to 6 significant digits."""
+        lines = [f"### Compared with {self.rev}", "", _sentence(self.summary()), ""]
+        header = ("Path", "Metric", self.rev, "workspace", "Change")
+        lines += _md_table(header, [(metrics_path, *row) for row in self.metrics])
+        if self.params:
+            header = ("Path", "Param", self.rev, "workspace")
+            lines += ["", *_md_table(header, [(params_path, *row) for row in self.params])]
+        return "\n".join(lines) + "\n"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    escape = [[cell.replace("|", "\\|") for cell in row] for row in [header, *rows]]
+    separator = ["---"] * len(header)
+    return ["| " + " | ".join(row) + " |" for row in [escape[0], separator, *escape[1:]]]
 
 
 def copy_plot(plot: Path, report: Path) -> str | None:
@@ -237,20 +343,35 @@ def main(argv=None):
     parser.add_argument("--plot", default="plots/curves.png", help="the loss curves the report shows")
     report_help = "the Markdown report; the picture (.png) and the verdict (.json) go beside it"
     parser.add_argument("--report", default="reports/check.md", help=report_help)
+    baseline_help = (
+        "the git revision the report compares metrics and params with (default: $GDPIPE_BASELINE, else "
+        "origin/$GITHUB_BASE_REF on a pull request in GitHub Actions, else HEAD)"
+    )
+    parser.add_argument("--baseline", default=os.environ.get("GDPIPE_BASELINE") or None, help=baseline_help)
     args = parser.parse_args(argv)
     params = config.load(args.params)
     metrics = read_json(args.metrics)
     if not isinstance(metrics, dict):
         raise InputError(f"{args.metrics}: not a metrics file written by the evaluate stage (expected a JSON object)")
     results = check(metrics, params.thresholds, load_baselines(args.metrics, params.thresholds))
+    rev = args.baseline or default_baseline()
+    try:
+        changes = compare(rev, args.metrics, metrics, args.params, "--baseline" if args.baseline else "baseline")
+        comparison, compared = changes.markdown(args.metrics, args.params), f"compared with {rev}: {changes.summary()}"
+    except InputError as err:
+        if args.baseline:  # named by the user: a typo must not pass unnoticed
+            raise
+        # The default baseline may not exist (a first commit, a shallow clone): the report says so, the gate goes on.
+        comparison, compared = f"### Compared with {rev}\n\n_No comparison: {err}._\n", f"no comparison: {err}"
     report = Path(args.report)
     image = copy_plot(Path(args.plot), report)
     note = f"No picture: {args.plot} does not exist (run dvc repro)."
     with atomic_write(report) as handle:
-        handle.write(format_markdown(results, image, note))
+        handle.write(format_markdown(results, image, note, comparison))
     verdict = {"passed": passed(results), "failed": failed_names(results), "metrics_sha256": file_sha256(args.metrics)}
     write_json(report.with_suffix(".json"), verdict)
     print(format_table(results))
+    print(compared)
     print(f"report: {report}" + ("" if image else f" ({note})"))
     return 0 if passed(results) else EXIT_FAILED
 

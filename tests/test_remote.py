@@ -1,0 +1,256 @@
+"""DVC remotes: make push and make pull through a local folder on a fresh clone (nothing trained, every
+output byte-identical), the same through S3 (a local moto server), and each bad remote in one line with
+the workspace left as it was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from support import (
+    CACHED,
+    OUTPUTS,
+    REPO,
+    assert_one_error_line,
+    copy_repo,
+    dvc,
+    files_under,
+    free_port,
+    make,
+    src_env,
+    stages_run,
+)
+
+BUCKET = "gdpipe"
+
+
+def run_remote(repo: Path, action: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m gdpipe.remote <action>` in `repo`: what make push and make pull run, without make's own lines."""
+    command = [sys.executable, "-m", "gdpipe.remote", action]
+    return subprocess.run(command, cwd=repo, env=env or src_env(), capture_output=True, text=True, timeout=120)
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+
+def clone(source: Path, destination: Path) -> Path:
+    """A git clone of `source` (committed files only: no outputs, no DVC cache) sharing this checkout's .venv."""
+    git(source.parent, "clone", "-q", str(source), str(destination))
+    (destination / ".venv").symlink_to(Path(sys.executable).parents[1])
+    return destination
+
+
+def workspace(repo: Path) -> dict[str, bytes]:
+    """Every file of `repo` outside .git and DVC's own folder (its cache, its temporary files), with its bytes."""
+    skip = (repo / ".git", repo / ".dvc")
+    return {
+        str(path.relative_to(repo)): path.read_bytes()
+        for path in files_under(repo)
+        if not any(path.is_relative_to(folder) for folder in skip)
+    }
+
+
+# --- the default remote: a local folder ----------------------------------------------------------
+
+
+def test_a_fresh_clone_pulls_and_repro_restores_every_output_byte_identical_training_nothing(
+    own_reproduced_repo, tmp_path
+):
+    origin = own_reproduced_repo  # tmp_path/repo: its default remote is tmp_path/gdpipe-storage
+    pushed = make(origin, "push")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    storage = tmp_path / "gdpipe-storage"
+    assert f"push: remote 'storage' ({storage}): 10 files pushed" in pushed.stdout  # 6 outputs, 4 run-cache entries
+    assert len(list((storage / "runs").glob("*/*/*"))) == 4  # generate, train@numpy, train@torch, evaluate
+
+    fresh = clone(origin, tmp_path / "clone")
+    pulled = make(fresh, "pull")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert f"pull: remote 'storage' ({storage}): " in pulled.stdout and "6 outputs checked out" in pulled.stdout
+    repro = make(fresh, "repro")
+    assert repro.returncode == 0, repro.stdout + repro.stderr
+    # Every cached stage is up to date; track runs, as on any fresh clone: its output, published.json, is
+    # deliberately not cached (dvc.yaml), so the clone publishes to its own MLflow store.
+    assert stages_run(repro.stdout) == {"track"}, repro.stdout
+    for name in OUTPUTS:
+        assert (fresh / name).read_bytes() == (origin / name).read_bytes(), name
+    assert git(fresh, "status", "--porcelain") == ""
+
+    # An output changed here is never overwritten: the pull stops in one line and leaves it as it is.
+    (fresh / "models" / "numpy.json").write_text('{"w": 3.0}\n')
+    before = workspace(fresh)
+    done = run_remote(fresh, "pull")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert_one_error_line(done.stderr, f"remote 'storage' ({storage})", "models/numpy.json", "--force")
+    assert workspace(fresh) == before
+
+
+@pytest.fixture(scope="module")
+def fresh_copy(tmp_path_factory) -> Path:
+    """A copy of this project that has never run: dvc.lock names six outputs its cache does not have."""
+    return copy_repo(tmp_path_factory.mktemp("fresh") / "repo")
+
+
+def set_remote(repo: Path, url: str, **settings: str) -> None:
+    """This clone's own default remote, as `dvc remote add --local -d` writes it to .dvc/config.local."""
+    lines = ["[core]", "    remote = mine", "['remote \"mine\"']", f"    url = {url}"]
+    lines += [f"    {key} = {value}" for key, value in settings.items()]
+    (repo / ".dvc" / "config.local").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("action", "url", "message"),
+    [
+        ("pull", "{tmp}/empty", "some of this result's files are not there: push them from the clone that made them"),
+        ("pull", "{tmp}/nowhere", "no such folder: push there first (make push)"),
+        ("push", "{tmp}/not-mounted/storage", "not-mounted does not exist (not mounted?)"),
+    ],
+    ids=["pull-missing-files", "pull-no-folder", "push-no-parent"],
+)
+def test_a_bad_local_remote_is_one_line_and_the_workspace_is_left_as_it_was(fresh_copy, tmp_path, action, url, message):
+    (tmp_path / "empty").mkdir()
+    url = url.format(tmp=tmp_path)
+    set_remote(fresh_copy, url)
+    (fresh_copy / "data" / "dataset.npz").write_bytes(b"a data set made here, not the committed one")
+    before = workspace(fresh_copy)
+    done = run_remote(fresh_copy, action)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert_one_error_line(done.stderr, f"remote 'mine' ({url})", message)
+    assert workspace(fresh_copy) == before
+
+
+def test_no_default_remote_is_one_line_that_says_how_to_add_one(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    dvc(repo, "remote", "default", "--unset")
+    done = run_remote(repo, "push")
+    assert done.returncode == 2
+    assert_one_error_line(
+        done.stderr, "no DVC remote is configured as the default", "dvc remote add --local -d NAME URL"
+    )
+
+
+# --- S3 ------------------------------------------------------------------------------------------
+# No S3 server installs from the package registries these machines reach, and a test must not need a
+# cloud account. moto's server mode answers S3's HTTP API on a local port, with IAM's access keys and
+# signatures checked once its authentication is on; dvc-s3's own test suite runs against it, so DVC
+# talks to it exactly as to S3.
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on a free 127.0.0.1 port, with the bucket and one user's access key; checks
+    credentials from then on. Stopped after this module's tests."""
+    import boto3
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    endpoint = "http://{}:{}".format(*server.get_host_and_port())
+    try:
+        setup = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+        setup |= {"aws_access_key_id": "setup", "aws_secret_access_key": "setup"}  # not checked until auth is on
+        iam = boto3.client("iam", **setup)
+        iam.create_user(UserName="gdpipe")
+        allow_s3 = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="gdpipe", PolicyName="s3", PolicyDocument=json.dumps(allow_s3))
+        key = iam.create_access_key(UserName="gdpipe")["AccessKey"]
+        boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
+        previous = set_auth(endpoint, "0")  # every request from now on is authenticated
+        yield {"endpoint": endpoint, "id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+        set_auth(endpoint, str(previous))
+    finally:
+        server.stop()
+
+
+def set_auth(endpoint: str, unauthenticated_requests: str) -> float:
+    """moto's /moto-api/reset-auth: how many requests pass before authentication starts; returns the old value."""
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/reset-auth",
+        data=unauthenticated_requests.encode(),
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]
+
+
+def aws_env(**credentials: str) -> dict[str, str]:
+    """src_env without the caller's AWS settings: only `credentials`, no config file, no instance metadata,
+    and one attempt per request (botocore retries a refused connection for about 40 s)."""
+    env = {key: value for key, value in src_env().items() if not key.startswith("AWS_")}
+    isolated = {"AWS_CONFIG_FILE": "/nonexistent/config", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials"}
+    return env | isolated | {"AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "1"} | credentials
+
+
+def test_push_to_s3_and_pull_back_with_a_credentials_file(s3, own_reproduced_repo, tmp_path):
+    repo = own_reproduced_repo
+    url = f"s3://{BUCKET}/round-trip"
+    set_remote(repo, url, endpointurl=s3["endpoint"])
+    done = run_remote(repo, "push", aws_env(AWS_ACCESS_KEY_ID=s3["id"], AWS_SECRET_ACCESS_KEY=s3["secret"]))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"push: remote 'mine' ({url}): 10 files pushed\n"
+
+    # Everything DVC has here goes; the pull brings it back with the key in a file DVC's credentialpath names.
+    expected = {name: (repo / name).read_bytes() for name in OUTPUTS}
+    for name in CACHED:
+        (repo / name).unlink()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"[default]\naws_access_key_id = {s3['id']}\naws_secret_access_key = {s3['secret']}\n")
+    set_remote(repo, url, endpointurl=s3["endpoint"], credentialpath=str(credentials))
+    # dvc-s3 passes credentialpath on only when AWS_SHARED_CREDENTIALS_FILE is unset (os.environ.setdefault).
+    env = {key: value for key, value in aws_env().items() if key != "AWS_SHARED_CREDENTIALS_FILE"}
+    done = run_remote(repo, "pull", env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"pull: remote 'mine' ({url}): ") and "6 outputs checked out" in done.stdout
+    assert {name: (repo / name).read_bytes() for name in OUTPUTS} == expected
+    assert dvc(repo, "status", "--json").stdout.strip() == "{}"
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("wrong-secret", "the credentials were refused (Forbidden): check AWS_ACCESS_KEY_ID"),
+        ("unknown-key", "the credentials were refused (Forbidden): check AWS_ACCESS_KEY_ID"),
+        ("no-credentials", "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        ("no-such-bucket", "no such bucket: create it, or fix the url with `dvc remote modify --local mine url"),
+        ("unreachable", "cannot connect to http://127.0.0.1:{port}: check the network, or the endpoint"),
+    ],
+)
+def test_a_bad_s3_remote_is_one_line_naming_it_and_the_workspace_is_left_as_it_was(s3, fresh_copy, case, message):
+    port = free_port()  # nothing listens there
+    bucket = "no-such-bucket" if case == "no-such-bucket" else BUCKET
+    url = f"s3://{bucket}/store"
+    set_remote(fresh_copy, url, endpointurl=f"http://127.0.0.1:{port}" if case == "unreachable" else s3["endpoint"])
+    credentials = {
+        "wrong-secret": {"AWS_ACCESS_KEY_ID": s3["id"], "AWS_SECRET_ACCESS_KEY": "not-the-secret"},
+        "unknown-key": {"AWS_ACCESS_KEY_ID": "AKIAUNKNOWN000000000", "AWS_SECRET_ACCESS_KEY": s3["secret"]},
+        "no-credentials": {},
+    }.get(case, {"AWS_ACCESS_KEY_ID": s3["id"], "AWS_SECRET_ACCESS_KEY": s3["secret"]})
+    before = workspace(fresh_copy)
+    done = run_remote(fresh_copy, "pull", aws_env(**credentials))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert_one_error_line(done.stderr, f"remote 'mine' ({url}): ", message.format(port=port))
+    assert workspace(fresh_copy) == before
+
+
+def test_ci_pulls_and_pushes_on_pushes_only_and_comments_on_pull_requests_with_one_updated_comment():
+    from ruamel.yaml import YAML
+
+    jobs = YAML(typ="safe").load((REPO / ".github" / "workflows" / "ci.yml").read_text())["jobs"]
+    share = jobs["share"]
+    assert (share["if"], share["needs"]) == ("github.event_name == 'push'", "test-and-check")
+    runs = [step.get("run", "") for step in share["steps"]]
+    assert [index for index, run in enumerate(runs) if run.startswith("make ")] == [3, 4, 5]
+    assert runs[3].startswith("make pull") and runs[4] == "make check" and runs[5] == "make push"
+    assert share["steps"][5]["if"].endswith("&& github.ref == 'refs/heads/main'")
+    comment = jobs["test-and-check"]["steps"][-1]
+    assert comment["run"].startswith("cml comment update --target=pr --publish --watermark-title=")
+    assert "!cancelled()" in comment["if"] and "pull_request" in comment["if"]  # also when the gate failed
