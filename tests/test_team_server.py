@@ -1,7 +1,8 @@
 """Team mode for real: `make server`'s MLflow server on PostgreSQL, with basic auth, and many publishers at once.
 
-One server for the whole module (the xdist group keeps its tests on one worker), started and stopped
-by make as a user would. Each test publishes into an experiment and registered models of its own.
+One server for all of them, started and stopped by make as a user would: the xdist group keeps these
+tests on one worker, and the fixture lasts the worker's session, so tests of other files run between
+them without a restart. Each test publishes into an experiment and registered models of its own.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class TeamServer:
         return MlflowClient(self.url)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def team_server():
     # Not under pytest's tmp folder: when we are root, PostgreSQL runs as the user postgres, which must be
     # able to reach its folder, and pytest makes its folders for root alone.
@@ -82,7 +83,7 @@ def team_server():
         shutil.rmtree(root)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def result(tmp_path_factory) -> Path:
     """A finished workspace (generate, train, evaluate): the result that publishers publish."""
     return build_workspace(tmp_path_factory.mktemp("team") / "ws")

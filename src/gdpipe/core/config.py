@@ -93,7 +93,8 @@ class EvaluateParams(_Section):
 class TrackParams(_Section):
     """Where `track` publishes runs in MLflow."""
 
-    experiment: str = Field(min_length=1)
+    # At most 256 characters: MLflow's database column (its own check allows 500, but PostgreSQL refuses more).
+    experiment: str = Field(min_length=1, max_length=256)
     # The registered models are <model_name>-numpy and <model_name>-torch; part of a models:/ URI.
     model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)
 
@@ -217,6 +218,7 @@ _MUST_BE = {
     "bool_type": "must be true or false",
     "string_type": "must be a string",
     "string_too_short": "must not be empty",
+    "string_too_long": "must be at most {max_length} characters",
     "dict_type": "must be a mapping",
 }
 # Problems named in one line before the rest are only counted: enough for a renamed key and its

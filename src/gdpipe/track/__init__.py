@@ -29,3 +29,5 @@ for _key, _value in {
 # Not a default but a rule: MLflow's "View run at <URL>" lines would print a password in the URI.
 os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 logging.getLogger("alembic").setLevel(logging.WARNING)
+# MLflow logs a failing sqlite statement with its traceback, then raises: gdpipe says it in one line.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)

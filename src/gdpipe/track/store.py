@@ -14,6 +14,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
+from gdpipe.core.command import InputError
+
 # What a failing store raises through MLflow's API: MLflow's own errors, and for a sqlite store the
 # database's (SQLAlchemy's) and the file system's.
 STORE_ERRORS = (MlflowException, SQLAlchemyError, OSError)
@@ -57,8 +59,12 @@ def store_lock(uri: str) -> Iterator[bool]:
         yield False
         return
     folder = database.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".gdpipe.lock", "a") as handle:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / ".gdpipe.lock", "a")  # noqa: SIM115 (closed by the with below)
+    except OSError as err:
+        raise InputError(f"MLflow tracking store {uri} {explain(err, uri)}") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield True

@@ -1,0 +1,205 @@
+"""When the disk or the store's file fails: a full disk at every stage, a truncated, a garbled and a half-built
+mlflow.db, a read-only folder. Each is one line and exit 2; nothing is lost or half-written, and the store is
+usable again once the cause is gone (a half-built one on its own).
+
+The full disk is real: a small tmpfs mounted by the test (root only; CI runs as root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from support import (
+    EVALUATE_ARGS,
+    REPO,
+    TRACK_ARGS,
+    assert_one_error_line,
+    build_workspace,
+    files_under,
+    run_stage,
+    run_track,
+    runs_in_store,
+    src_env,
+    stage,
+)
+
+
+@pytest.fixture
+def small_disk():
+    """A 16 MiB file system of its own, unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    mountpoint = Path(tempfile.mkdtemp(prefix="gdpipe-disk-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+        mountpoint.rmdir()
+
+
+def fill(disk: Path) -> Path:
+    """Fill the disk to its last byte; the filler, to delete when the space should come back."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (1 << 16, 512, 1):  # big blocks, then the last small ones
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as full:
+        (disk / "one-more-byte").write_bytes(b"\0")
+    assert full.value.errno == errno.ENOSPC
+    return filler
+
+
+def fingerprints(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() for path in files_under(folder)
+    }
+
+
+def store_env(db: Path) -> dict[str, str]:
+    return src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}")
+
+
+def statuses(db: Path) -> list[str]:
+    return sorted(status for _, status in runs_in_store(db))
+
+
+def test_a_full_disk_at_every_stage_is_one_line_and_the_old_outputs_stay(workspace, small_disk, monkeypatch):
+    """generate, train and evaluate overwrite their outputs on a full disk: each fails in one line naming the
+    file, and the previous outputs are there, byte for byte, with no temporary file beside them."""
+    folder = Path(shutil.copytree(workspace, small_disk / "ws"))
+    before = fingerprints(folder)
+    filler = fill(small_disk)
+    monkeypatch.chdir(folder)
+    train = "--variant numpy --data data/dataset.npz --history history/numpy.csv --model models/numpy.json"
+    commands = {
+        "data/dataset.npz": (stage("generate").main, ["--params", "params.yaml", "--out", "data/dataset.npz"]),
+        "history/numpy.csv": (stage("train").main, ["--params", "params.yaml", *train.split()]),
+        "metrics.json": (stage("evaluate").main, EVALUATE_ARGS),
+    }
+    for output, (main, argv) in commands.items():
+        code, stderr = run_stage(main, argv)
+        assert code == 2, (output, stderr)
+        assert_one_error_line(stderr, "cannot write it, the disk is full", "free some space")
+        assert fingerprints(folder) == before, output
+    filler.unlink()
+    for main, argv in commands.values():
+        assert run_stage(main, argv) == (0, "")
+    timing = "history/numpy.timing.json"  # when training ran: the one output that differs on a rerun
+    assert fingerprints(folder) | {timing: ""} == before | {timing: ""}  # once there is room, the same bytes
+
+
+def test_a_full_disk_during_the_first_setup_leaves_a_half_built_store_that_the_next_publish_makes_anew(
+    workspace, small_disk
+):
+    folder = Path(shutil.copytree(workspace, small_disk / "ws"))
+    db = small_disk / "store" / "mlflow.db"
+    (small_disk / "store").mkdir()
+    filler = fill(small_disk)
+    os.truncate(filler, filler.stat().st_size - 600 * 1024)  # room for part of MLflow's tables, not all
+    done = run_track(folder, store_env(db))
+    assert done.returncode == 2
+    assert_one_error_line(done.stderr, f"MLflow tracking store sqlite:///{db} is on a full disk", "free some space")
+    assert not (folder / "runs.json").exists() and not (folder / "published.json").exists()
+    filler.unlink()
+    # Half-built indeed: MLflow itself cannot open it.
+    search = "import sys; from mlflow import MlflowClient; MlflowClient(sys.argv[1]).search_runs(['0'])"
+    opened = subprocess.run(
+        [sys.executable, "-c", search, f"sqlite:///{db}"],
+        capture_output=True,
+        text=True,
+        env=store_env(db),
+    )
+    assert opened.returncode != 0 and db.stat().st_size > 0, opened.stderr[-500:]
+    done = run_track(folder, store_env(db))
+    assert done.returncode == 0, done.stderr
+    assert statuses(db) == ["FINISHED", "FINISHED"]
+
+
+def test_a_full_disk_while_publishing_loses_nothing_and_the_result_is_published_once_there_is_room(
+    workspace, small_disk, tmp_path
+):
+    """A store holding one result's runs; a second result meets a full disk half-way: one line, the first
+    result's runs untouched, and once there is room the second is published once (its broken run FAILED or
+    KILLED, never RUNNING)."""
+    db = small_disk / "store" / "mlflow.db"
+    first = Path(shutil.copytree(workspace, small_disk / "first"))
+    assert run_track(first, store_env(db)).returncode == 0
+    kept = dict(runs_in_store(db))
+    second = build_workspace(small_disk / "second", {"train.epochs": 3000})
+    filler = fill(small_disk)
+    done = run_track(second, store_env(db))
+    assert done.returncode == 2
+    assert_one_error_line(done.stderr, f"MLflow tracking store sqlite:///{db} ", "full disk", "(publishing numpy")
+    filler.unlink()
+    done = run_track(second, store_env(db))
+    assert done.returncode == 0, done.stderr
+    runs = dict(runs_in_store(db))
+    assert {run_id: runs[run_id] for run_id in kept} == kept
+    published = json.loads((second / "runs.json").read_text())
+    assert {runs[entry["run_id"]] for entry in published.values()} == {"FINISHED"}
+    assert set(runs.values()) <= {"FINISHED", "FAILED", "KILLED"} and list(runs.values()).count("FINISHED") == 4
+
+
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (lambda data: data[: len(data) // 3], "malformed"),  # truncated
+        (lambda data: data[:8192] + os.urandom(32768) + data[8192 + 32768 :], "malformed"),  # garbled pages
+        (lambda data: os.urandom(len(data)), "not a database"),  # not a database at all
+    ],
+    ids=["truncated", "garbled", "not-a-database"],
+)
+def test_a_damaged_store_is_one_line_never_deleted_and_a_new_one_works(workspace, tmp_path, damage, what):
+    folder = Path(shutil.copytree(workspace, tmp_path / "ws"))
+    db = tmp_path / "store" / "mlflow.db"
+    assert run_track(folder, store_env(db)).returncode == 0
+    (folder / "runs.json").unlink()
+    db.write_bytes(damage(db.read_bytes()))
+    damaged = db.read_bytes()
+    done = run_track(folder, store_env(db))
+    assert done.returncode == 2
+    assert_one_error_line(done.stderr, f"is damaged ({what})", f"mv '{db}' '{db}.damaged'", "make repro")
+    assert db.read_bytes() == damaged and not (folder / "runs.json").exists()
+    db.rename(f"{db}.damaged")  # as the line says
+    done = run_track(folder, store_env(db))
+    assert done.returncode == 0, done.stderr
+    assert statuses(db) == ["FINISHED", "FINISHED"]
+
+
+def test_a_read_only_store_is_one_line_and_works_again_once_writable(workspace, small_disk):
+    folder = Path(shutil.copytree(workspace, small_disk / "ws"))
+    db = small_disk / "store" / "mlflow.db"
+    assert run_track(folder, store_env(db)).returncode == 0
+    other = build_workspace(small_disk / "other", {"train.epochs": 50})
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        done = subprocess.run(
+            [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
+            cwd=other,
+            env=store_env(db),
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert done.returncode == 2
+    assert_one_error_line(done.stderr, "cannot be written (permission denied or read-only)", str(db.parent))
+    assert run_track(other, store_env(db)).returncode == 0
+    assert statuses(db) == ["FINISHED"] * 4
