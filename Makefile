@@ -49,7 +49,7 @@ repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 
 # Two workers: most of the suite waits on real dvc, MLflow and server processes.
 test: $(STAMP)  ## run the tests
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)  ## ruff: lint and format check (make lint FIX=1 fixes what it can)
 	$(BIN)/ruff check $(if $(FIX),--fix) .

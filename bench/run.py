@@ -11,6 +11,8 @@ quotes, updated on purpose with `make bench BENCH_OUT=bench/results.json`).
 1. kernel     per-epoch time of each training step / one np.dot(x, y) over the same float32 arrays
 2. memory     peak RSS of each train stage at N = 5e7 / the bytes of x and y
 3. publish    the track stage's metric logging, 10,000 epochs x 2 variants / bare MlflowClient.log_batch
+   team       the same to make server's PostgreSQL-backed server; and the track stage of 8 publishers of
+              different results at once / 1 publisher alone, as the rate per publisher (8 x t1 / t8)
 4. pipeline   `dvc repro -f` / the tutorial script with MLflow logging (and / the bare script)
 5. overhead   `dvc repro` with everything up to date / `dvc status`
 6. collector  the stage commands with gdpipe's garbage-collector setting / with the collector off
@@ -33,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ruamel.yaml import YAML
+
 # This checkout's code and test helpers, whatever the venv's editable install points at.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -41,7 +45,9 @@ from gdpipe.core.files import write_json
 from support import (
     MAKE_ENV,
     REPO,
+    TRACK_ARGS,
     VENV_BIN,
+    build_workspace,
     child_env,
     copy_repo,
     free_port,
@@ -59,6 +65,7 @@ GOALS = {
     "memory numpy N=5e7": ("<=", 1.6),
     "memory torch N=5e7": ("<=", 3.0),
     "publish 10k epochs x 2": ("<=", 1.2),
+    "team server 10k epochs x 2": ("<=", 1.2),
     "pipeline / tutorial+mlflow": ("<=", 1.0),
     "repro up to date / status": ("<=", 1.3),
     "serving, champion / echo model": (">=", 0.9),
@@ -257,21 +264,15 @@ def by_hand(history, epochs: int) -> list:
     return [*metrics, Metric("prediction", 10.0, 2, epochs)]
 
 
-def bench_publish(quick: bool, work: Path) -> dict:
-    """gdpipe's metric logging vs a bare log_batch of the same Metric values, fresh runs of one store."""
-    epochs = 2_000 if quick else 10_000
-    repeats = 2 if quick else 3
+def publish_records(epochs: int, work: Path) -> list:
+    """One RunRecord per variant with `epochs` trained epochs (no files: only metrics are logged)."""
     sys.path.insert(0, str(SRC))
-    os.environ.update(MAKE_ENV)  # both sides run with the settings `make` exports
-    from mlflow import MlflowClient
-
     from gdpipe.core import config
     from gdpipe.data import generate
-    from gdpipe.track import publish
     from gdpipe.track.record import RunRecord
     from gdpipe.train import train
 
-    params = config.load(write_params(work / "publish-params.yaml", **{"train.epochs": epochs}))
+    params = config.load(write_params(work / f"publish-params-{epochs}.yaml", **{"train.epochs": epochs}))
     dataset = generate(params.data)
     records = []
     for variant in config.VARIANTS:
@@ -294,13 +295,21 @@ def bench_publish(quick: bool, work: Path) -> dict:
                 artifacts=(),
             )
         )
-    uri = f"sqlite:///{work / 'publish' / 'mlflow.db'}"
-    (work / "publish").mkdir()
+    return records
+
+
+def publish_ratios(uri: str, artifacts: Path | None, records: list, epochs: int, repeats: int) -> dict:
+    """gdpipe's metric logging vs a bare log_batch of the same Metric values, fresh runs of one store."""
+    from mlflow import MlflowClient
+
+    from gdpipe.track import publish
+
     client = MlflowClient(uri)
-    experiment = client.create_experiment("bench", artifact_location=(work / "publish" / "artifacts").as_uri())
+    experiment = client.create_experiment(
+        f"bench-{time.time_ns()}", artifact_location=artifacts.as_uri() if artifacts else None
+    )
     bare_metrics = {record.variant: by_hand(record.history, epochs) for record in records}
     ratios = []
-    say(f"publish: {epochs} epochs x {len(records)} variants, {repeats} repeats")
     for repeat in range(repeats):
         spent = {"gdpipe": 0.0, "bare": 0.0}
         # Alternate which goes first: the store grows as it goes.
@@ -315,6 +324,57 @@ def bench_publish(quick: bool, work: Path) -> dict:
                 spent[side] += time.perf_counter() - start
         ratios.append(spent["gdpipe"] / spent["bare"])
     return summarize(ratios) | {"epochs": epochs, "metrics_per_variant": len(bare_metrics["numpy"])}
+
+
+def bench_publish(quick: bool, work: Path) -> dict:
+    """The sqlite store."""
+    epochs, repeats = (2_000, 2) if quick else (10_000, 3)
+    os.environ.update(MAKE_ENV)  # both sides run with the settings `make` exports
+    records = publish_records(epochs, work)
+    say(f"publish: {epochs} epochs x {len(records)} variants, {repeats} repeats")
+    (work / "publish").mkdir()
+    return publish_ratios(
+        f"sqlite:///{work / 'publish' / 'mlflow.db'}", work / "publish" / "artifacts", records, epochs, repeats
+    )
+
+
+def bench_team(quick: bool, work: Path) -> dict:
+    """make server's PostgreSQL-backed server: the metric logging as in publish, and the track stage of 8
+    publishers of different results at once against one publisher alone (throughput per publisher)."""
+    epochs, repeats = (2_000, 2) if quick else (10_000, 3)
+    os.environ.update(MAKE_ENV)
+    work.chmod(0o711)  # PostgreSQL runs as the user postgres when we are root: it must reach its folder
+    port = free_port()
+    settings = [f"SERVER_DIR={work / 'team-server'}", f"SERVER_PORT={port}"]
+    make = ["make", "--no-print-directory", "-o", ".venv/.installed"]
+    subprocess.run([*make, "server", *settings], cwd=REPO, env=child_env(), check=True, capture_output=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        records = publish_records(epochs, work)
+        say(f"team: {epochs} epochs x {len(records)} variants to {url}, {repeats} repeats")
+        logging = publish_ratios(url, None, records, epochs, repeats)
+        workspaces = [build_workspace(work / f"team-ws-{index}", {"train.epochs": 100 + index}) for index in range(8)]
+        track = [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS]
+        env = child_env(PYTHONPATH=str(SRC), MLFLOW_TRACKING_URI=url)
+        one, eight = [], []
+        for repeat in range(repeats):
+            for workspace in workspaces:  # a new experiment each repeat: every publish makes new runs
+                document = YAML(typ="safe").load((workspace / "params.yaml").read_text())
+                write_yaml(workspace / "params.yaml", with_overrides(document, {"track.experiment": f"team-{repeat}"}))
+            say(f"team: 1 publisher, then 8 at once (repeat {repeat + 1})")
+            start = time.perf_counter()
+            subprocess.run(track, cwd=workspaces[0], env=env, check=True, capture_output=True)
+            one.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            running = [subprocess.Popen(track, cwd=each, env=env, stdout=subprocess.DEVNULL) for each in workspaces[1:]]
+            running.append(subprocess.Popen(track, cwd=workspaces[0], env=env, stdout=subprocess.DEVNULL))
+            assert [process.wait() for process in running] == [0] * 8
+            eight.append(time.perf_counter() - start)
+    finally:
+        subprocess.run([*make, "server-stop", *settings], cwd=REPO, env=child_env(), capture_output=True)
+    # Per publisher: 8 results in `eight` seconds, against 1 in `one`.
+    throughput = [8 * alone / together for alone, together in zip(one, eight, strict=True)]
+    return {"log_batch": logging, "publishers": summarize(throughput) | {"one_seconds": one, "eight_seconds": eight}}
 
 
 # --- 4. pipeline and 5. overhead --------------------------------------------------------------
@@ -644,6 +704,10 @@ def rows(results: dict) -> list[tuple[str, dict, float | None]]:
     if "publish" in results:
         label = f"publish {results['publish']['epochs'] // 1000}k epochs x 2"
         table.append((label, results["publish"], GOALS.get(label)))
+    if "team" in results:
+        label = f"team server {results['team']['log_batch']['epochs'] // 1000}k epochs x 2"
+        table.append((label, results["team"]["log_batch"], GOALS.get(label)))
+        table.append(("team, 8 publishers: rate of each", results["team"]["publishers"], None))
     if "pipeline" in results:
         table.append(
             ("pipeline / tutorial+mlflow", results["pipeline"]["to_script"], GOALS["pipeline / tutorial+mlflow"])
@@ -671,7 +735,7 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = ("kernel", "memory", "publish", "pipeline", "overhead", "collector", "serving")
+SECTIONS = ("kernel", "memory", "publish", "team", "pipeline", "overhead", "collector", "serving")
 
 
 def main(argv=None) -> int:
@@ -716,6 +780,12 @@ def main(argv=None) -> int:
         print(f"\npipeline, median {statistics.median(results['pipeline']['seconds']['pipeline']):.2f} s: {parts}")
         print(
             f"of track: log_model's scan of the installed packages {results['pipeline']['package_scan_seconds']:.2f} s"
+        )
+    if "team" in results:
+        team = results["team"]["publishers"]
+        print(
+            f"team server: 1 publisher {statistics.median(team['one_seconds']):.1f} s, "
+            f"8 at once {statistics.median(team['eight_seconds']):.1f} s"
         )
     if "serving" in results:
         latency_ms = results["serving"]["latency_ms"]

@@ -66,6 +66,15 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.fixture(scope="module")
+def published(workspace, tmp_path_factory) -> Path:
+    """A workspace whose result is published to a sqlite store in its mlruns/ (runs.json not kept)."""
+    folder = Path(shutil.copytree(workspace, tmp_path_factory.mktemp("published") / "ws"))
+    assert run_track(folder, store_env(folder / "mlruns" / "mlflow.db")).returncode == 0
+    (folder / "runs.json").unlink()
+    return folder
+
+
 def fingerprints(folder: Path) -> dict[str, str]:
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() for path in files_under(folder)
@@ -142,7 +151,7 @@ def test_a_full_disk_while_publishing_loses_nothing_and_the_result_is_published_
     first = Path(shutil.copytree(workspace, small_disk / "first"))
     assert run_track(first, store_env(db)).returncode == 0
     kept = dict(runs_in_store(db))
-    second = build_workspace(small_disk / "second", {"train.epochs": 3000})
+    second = build_workspace(small_disk / "second", {"train.epochs": 1000})
     filler = fill(small_disk)
     done = run_track(second, store_env(db))
     assert done.returncode == 2
@@ -166,12 +175,11 @@ def test_a_full_disk_while_publishing_loses_nothing_and_the_result_is_published_
     ],
     ids=["truncated", "garbled", "not-a-database"],
 )
-def test_a_damaged_store_is_one_line_never_deleted_and_a_new_one_works(workspace, tmp_path, damage, what):
-    folder = Path(shutil.copytree(workspace, tmp_path / "ws"))
+def test_a_damaged_store_is_one_line_never_deleted_and_a_new_one_works(published, tmp_path, damage, what):
+    folder = Path(shutil.copytree(published, tmp_path / "ws"))
     db = tmp_path / "store" / "mlflow.db"
-    assert run_track(folder, store_env(db)).returncode == 0
-    (folder / "runs.json").unlink()
-    db.write_bytes(damage(db.read_bytes()))
+    db.parent.mkdir()
+    db.write_bytes(damage((folder / "mlruns" / "mlflow.db").read_bytes()))
     damaged = db.read_bytes()
     done = run_track(folder, store_env(db))
     assert done.returncode == 2
