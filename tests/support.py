@@ -186,6 +186,12 @@ def run_track(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
 
 
+def start_track(folder: Path, env: dict[str, str]) -> subprocess.Popen:
+    """The same, started: its stdout and stderr are pipes, to read with communicate()."""
+    command = [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS]
+    return subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 # A test hook, installed as sitecustomize in a child: it touches a file when training starts, so a
 # signal can be sent while the process is certainly inside training.
 TRAINING_STARTED_HOOK = """

@@ -17,7 +17,6 @@ import pytest
 from mlflow import MlflowClient
 
 from support import (
-    REPO,
     TRACK_ARGS,
     assert_one_error_line,
     build_workspace,
@@ -26,6 +25,7 @@ from support import (
     runs_in_store,
     src_env,
     stage,
+    start_track,
     wait_for,
 )
 
@@ -52,14 +52,7 @@ def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_pu
         folder = tmp_path / name
         shutil.copytree(long_workspace, folder)
         db = tmp_path / f"{name}-store" / "mlflow.db"
-        process = subprocess.Popen(
-            [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
-            cwd=folder,
-            env=src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = start_track(folder, src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}"))
         reaper(process)
         running[name] = (folder, db, process)
     for name, (_, db, process) in running.items():
@@ -106,14 +99,7 @@ def test_a_run_left_running_by_sigkill_while_publishing_is_marked_killed_by_the_
     shutil.copytree(long_workspace, folder)
     db = tmp_path / "store" / "mlflow.db"
     env = src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}")
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_track(folder, env)
     reaper(process)
     while True:  # kill it while one of its runs is RUNNING, as seen while it is stopped (it could finish in between)
         wait_for(lambda: any(status == "RUNNING" for _, status in runs_in_store(db)), process, what="a run was created")

@@ -22,8 +22,6 @@ import pytest
 
 from support import (
     EVALUATE_ARGS,
-    REPO,
-    TRACK_ARGS,
     assert_one_error_line,
     build_workspace,
     files_under,
@@ -198,13 +196,7 @@ def test_a_read_only_store_is_one_line_and_works_again_once_writable(workspace, 
     other = build_workspace(small_disk / "other", {"train.epochs": 50})
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     try:
-        done = subprocess.run(
-            [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
-            cwd=other,
-            env=store_env(db),
-            capture_output=True,
-            text=True,
-        )
+        done = run_track(other, store_env(db))
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
     assert done.returncode == 2

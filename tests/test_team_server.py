@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from ruamel.yaml import YAML
 
 from support import (
     REPO,
-    TRACK_ARGS,
     VARIANTS,
     assert_one_error_line,
     build_workspace,
@@ -33,7 +31,9 @@ from support import (
     files_under,
     free_port,
     make,
+    run_track,
     src_env,
+    start_track,
     wait_for,
     with_overrides,
     write_yaml,
@@ -98,17 +98,6 @@ def publishers(workspace: Path, root: Path, count: int, experiment: str) -> list
     return folders
 
 
-def start_track(folder: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def publish_all(folders: list[Path], env: dict[str, str]) -> list[tuple[int, str, str]]:
     """Run the track stage in every folder at the same moment; (exit code, stdout, stderr) of each."""
     running = [start_track(folder, env) for folder in folders]
@@ -170,13 +159,7 @@ def kill_while_publishing(process: subprocess.Popen, client: MlflowClient, exper
 def assert_healed(team_server, folder: Path, client: MlflowClient, experiment: str, abandoned: str) -> None:
     """The next publish (which takes a run without progress for 2 s for abandoned) marks it KILLED and
     completes the result: one FINISHED run per variant, none RUNNING."""
-    done = subprocess.run(
-        [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS],
-        cwd=folder,
-        env=team_server.env(GDPIPE_ABANDONED_AFTER="2"),
-        capture_output=True,
-        text=True,
-    )
+    done = run_track(folder, team_server.env(GDPIPE_ABANDONED_AFTER="2"))
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     assert f"run {abandoned} was left RUNNING by a publisher that was killed; marked KILLED" in done.stdout
     runs = runs_of(client, experiment)
