@@ -5,9 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Nothing phones home: no DVC analytics or update checks, no MLflow telemetry.
+# Nothing phones home: no DVC analytics or update checks, no MLflow telemetry. MLflow's servers
+# (make ui, make server) start no job runner: gdpipe queues no GenAI jobs, and it keeps a core busy.
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
 STORE := sqlite:///$(CURDIR)/mlruns/mlflow.db
 UI_HOST ?= 127.0.0.1

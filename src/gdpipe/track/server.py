@@ -204,7 +204,12 @@ def _start_mlflow(stack: Stack, host: str, port: int, auth: bool, workers: int) 
     command = [str(Path(sys.executable).with_name("mlflow")), "server"]
     command += ["--backend-store-uri", stack.database_uri("mlflow"), "--artifacts-destination", str(stack.artifacts)]
     command += ["--host", host, "--port", str(port), "--workers", str(workers)]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # gunicorn, not MLflow's default uvicorn: on a kept-alive connection, as MLflow's client uses, each
+    # uvicorn answer waited ~40 ms for the client's delayed ACK (52 ms a call against 7 ms; bench/README.md).
+    command += ["--gunicorn-opts", "--threads 4 --log-level warning"]
+    # No job runner: MLflow 3's server otherwise starts seven huey consumers for GenAI jobs that gdpipe
+    # never queues, which keep about a core busy between them (a user's own setting wins).
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"} | os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true"}
     if auth:
         command += ["--app-name", "basic-auth"]
         env |= _auth_environment(stack)
