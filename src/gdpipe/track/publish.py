@@ -31,12 +31,12 @@ from gdpipe.track.record import RunRecord, now_ms
 from gdpipe.track.registry import model_name, register
 from gdpipe.track.store import (
     STORE_ERRORS,
-    explain,
     first_line,
     half_built,
     redact,
     remove_store,
     sqlite_file,
+    store_failure,
     store_lock,
 )
 
@@ -78,7 +78,7 @@ def publish(
                 run_id, version, created, abandoned = _publish_once(client, experiment_id, record, dataset, name, alone)
             except STORE_ERRORS as err:  # the store went away or refused mid-way: one line, no traceback
                 what = f"publishing {record.variant}{_notes(err)}"
-                raise InputError(f"MLflow tracking store {redact(uri)} {explain(err, uri)} ({what})") from None
+                raise store_failure(err, uri, what) from None
             published[record.variant] = {
                 "run_id": run_id,
                 "experiment_id": experiment_id,
@@ -302,7 +302,7 @@ def _open(name: str, uri: str) -> tuple[MlflowClient, str]:
             remove_store(database)
         return _open_experiment(name, uri)
     except STORE_ERRORS as err:
-        raise InputError(f"MLflow tracking store {redact(uri)} {explain(err, uri)}") from None
+        raise store_failure(err, uri) from None
 
 
 def _open_experiment(name: str, uri: str) -> tuple[MlflowClient, str]:

@@ -25,7 +25,7 @@ from gdpipe.core import config
 from gdpipe.core.command import InputError, run_command, signals_held
 from gdpipe.core.files import file_sha256, read_json
 from gdpipe.track.record import RunRecord
-from gdpipe.track.store import STORE_ERRORS, explain, redact, repo_root, tracking_uri
+from gdpipe.track.store import STORE_ERRORS, redact, repo_root, store_failure, tracking_uri
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 EXIT_NOT_PROMOTED = 1
@@ -175,7 +175,7 @@ def main(argv=None):
         with signals_held():
             champion = _champion(client, name)
     except STORE_ERRORS as err:
-        raise InputError(f"MLflow tracking store {redact(uri)} {explain(err, uri)}") from None
+        raise store_failure(err, uri) from None
     if champion is None:
         raise InputError(f"{name} has no champion in {redact(uri)}: run make promote first")
     serve(f"models:/{name}@{CHAMPION}", uri, args.host, args.port)

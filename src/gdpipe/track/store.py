@@ -63,7 +63,7 @@ def store_lock(uri: str) -> Iterator[bool]:
         folder.mkdir(parents=True, exist_ok=True)
         handle = open(folder / ".gdpipe.lock", "a")  # noqa: SIM115 (closed by the with below)
     except OSError as err:
-        raise InputError(f"MLflow tracking store {uri} {explain(err, uri)}") from None
+        raise store_failure(err, uri) from None
     with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -87,6 +87,11 @@ def first_line(err: BaseException, uri: str) -> str:
         if secret:
             line = line.replace(secret, "***")
     return line[:300]
+
+
+def store_failure(err: BaseException, uri: str, doing: str = "") -> InputError:
+    """The one line for a store that failed: which store (no secrets), what went wrong and what to do."""
+    return InputError(f"MLflow tracking store {redact(uri)} {explain(err, uri)}{f' ({doing})' if doing else ''}")
 
 
 def explain(err: BaseException, uri: str) -> str:
