@@ -49,9 +49,10 @@ repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 	PYTHONPATH=src $(BIN)/python -m gdpipe.summary metrics.json
 	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)/#/experiments/1?workflowType=machine_learning"
 
-# Two workers: most of the suite waits on real dvc, MLflow and server processes.
+# Two workers: most of the suite waits on real dvc, MLflow and server processes. loadgroup keeps
+# the tests of one xdist_group (the team server's) on one worker, which starts its server once.
 test: $(STAMP)  ## run the tests
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)  ## ruff: lint and format check (make lint FIX=1 fixes what it can)
 	$(BIN)/ruff check $(if $(FIX),--fix) .

@@ -39,7 +39,7 @@ def long_workspace(tmp_path_factory) -> Path:
 
 
 def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_publish_completes(
-    long_workspace, tmp_path, monkeypatch, reaper
+    long_workspace, tmp_path, monkeypatch, reaper, empty_store
 ):
     """Ctrl-C (twice, impatiently) or kill while a run is being logged: one line, exit 130/143, the run KILLED,
     nothing written; publishing again makes complete runs."""
@@ -52,7 +52,7 @@ def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_pu
         folder = tmp_path / name
         shutil.copytree(long_workspace, folder)
         db = tmp_path / f"{name}-store" / "mlflow.db"
-        process = start_track(folder, src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}"))
+        process = start_track(folder, src_env(MLFLOW_TRACKING_URI=empty_store(db)))
         reaper(process)
         running[name] = (folder, db, process)
     for name, (_, db, process) in running.items():
@@ -92,13 +92,13 @@ def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_pu
 
 
 def test_a_run_left_running_by_sigkill_while_publishing_is_marked_killed_by_the_next_publish(
-    long_workspace, tmp_path, reaper
+    long_workspace, tmp_path, reaper, empty_store
 ):
     """kill -9 gives the publisher no chance to mark its run; the next publish to the sqlite store does, and says so."""
     folder = tmp_path / "ws"
     shutil.copytree(long_workspace, folder)
     db = tmp_path / "store" / "mlflow.db"
-    env = src_env(MLFLOW_TRACKING_URI=f"sqlite:///{db}")
+    env = src_env(MLFLOW_TRACKING_URI=empty_store(db))
     process = start_track(folder, env)
     reaper(process)
     while True:  # kill it while one of its runs is RUNNING, as seen while it is stopped (it could finish in between)
@@ -200,10 +200,12 @@ def test_parallel_publishers_on_one_fresh_store_lose_nothing_and_never_duplicate
         }
 
 
-def test_a_store_that_fails_mid_publish_is_one_line_and_the_run_is_marked_failed(own_workspace, tmp_path, monkeypatch):
+def test_a_store_that_fails_mid_publish_is_one_line_and_the_run_is_marked_failed(
+    own_workspace, tmp_path, monkeypatch, empty_store
+):
     """The artifact folder cannot be made (a file is in the way): exit 2, one line naming the run marked FAILED."""
     folder = own_workspace
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    uri = empty_store(tmp_path / "store" / "mlflow.db")
     (tmp_path / "in-the-way").write_text("a file where the artifact folder should be")
     client = MlflowClient(uri)
     client.create_experiment("gradient-descent", artifact_location=(tmp_path / "in-the-way" / "artifacts").as_uri())
@@ -221,7 +223,7 @@ def test_a_store_that_fails_mid_publish_is_one_line_and_the_run_is_marked_failed
     assert not (folder / "published.json").exists() and not (folder / "runs.json").exists()
 
 
-def test_a_stop_while_the_run_is_being_made_marks_that_run_killed(own_workspace, tmp_path, monkeypatch):
+def test_a_stop_while_the_run_is_being_made_marks_that_run_killed(own_workspace, tmp_path, monkeypatch, empty_store):
     """Ctrl-C that arrives inside create_run is held until the store has answered, so the run's id is
     known and the run is marked KILLED, not left RUNNING."""
     made = MlflowClient.create_run
@@ -234,7 +236,7 @@ def test_a_stop_while_the_run_is_being_made_marks_that_run_killed(own_workspace,
     monkeypatch.setattr(MlflowClient, "create_run", made_then_interrupted)
     monkeypatch.chdir(own_workspace)
     db = tmp_path / "store" / "mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_store(db))
     code, stderr = run_stage(stage("track").main, TRACK_ARGS)
     ((run_id, status),) = runs_in_store(db)
     assert (code, status) == (130, "KILLED")

@@ -171,7 +171,7 @@ def test_evaluate_interrupted_while_drawing_keeps_both_previous_outputs(own_work
 
 
 @pytest.mark.parametrize("lr", [0.5, 1e38], ids=["after-some-epochs", "in-the-first-epoch"])
-def test_a_diverged_run_is_reported_as_diverged_never_as_numbers(tmp_path, monkeypatch, lr):
+def test_a_diverged_run_is_reported_as_diverged_never_as_numbers(tmp_path, monkeypatch, empty_store, lr):
     """metrics.json, the summary and MLflow say `diverged`; no NaN or infinity is published as a result."""
     from mlflow import MlflowClient
 
@@ -181,7 +181,7 @@ def test_a_diverged_run_is_reported_as_diverged_never_as_numbers(tmp_path, monke
         assert metrics[variant]["diverged"] is True and metrics[variant]["diverged_at_epoch"] >= 1
         assert not {"w", "loss", "prediction", "abs_error"} & set(metrics[variant])
         assert f"{variant:<8} diverged at epoch {metrics[variant]['diverged_at_epoch']}" in format_summary(metrics)
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    uri = empty_store(tmp_path / "store" / "mlflow.db")
     monkeypatch.chdir(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     code, stderr = run_stage(stage("track").main, TRACK_ARGS)

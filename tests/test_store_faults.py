@@ -65,9 +65,10 @@ def fill(disk: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def published(workspace, tmp_path_factory) -> Path:
+def published(workspace, tmp_path_factory, empty_store) -> Path:
     """A workspace whose result is published to a sqlite store in its mlruns/ (runs.json not kept)."""
     folder = Path(shutil.copytree(workspace, tmp_path_factory.mktemp("published") / "ws"))
+    empty_store(folder / "mlruns" / "mlflow.db")
     assert run_track(folder, store_env(folder / "mlruns" / "mlflow.db")).returncode == 0
     (folder / "runs.json").unlink()
     return folder
@@ -140,12 +141,13 @@ def test_a_full_disk_during_the_first_setup_leaves_a_half_built_store_that_the_n
 
 
 def test_a_full_disk_while_publishing_loses_nothing_and_the_result_is_published_once_there_is_room(
-    workspace, small_disk, tmp_path
+    workspace, small_disk, empty_store
 ):
     """A store holding one result's runs; a second result meets a full disk half-way: one line, the first
     result's runs untouched, and once there is room the second is published once (its broken run FAILED or
     KILLED, never RUNNING)."""
     db = small_disk / "store" / "mlflow.db"
+    empty_store(db)
     first = Path(shutil.copytree(workspace, small_disk / "first"))
     assert run_track(first, store_env(db)).returncode == 0
     kept = dict(runs_in_store(db))
@@ -173,25 +175,37 @@ def test_a_full_disk_while_publishing_loses_nothing_and_the_result_is_published_
     ],
     ids=["truncated", "garbled", "not-a-database"],
 )
-def test_a_damaged_store_is_one_line_never_deleted_and_a_new_one_works(published, tmp_path, damage, what):
-    folder = Path(shutil.copytree(published, tmp_path / "ws"))
-    db = tmp_path / "store" / "mlflow.db"
-    db.parent.mkdir()
-    db.write_bytes(damage((folder / "mlruns" / "mlflow.db").read_bytes()))
+def test_a_damaged_store_is_one_line_and_never_deleted(published, tmp_path, damage, what):
+    folder, db = damaged_store(published, tmp_path, damage)
     damaged = db.read_bytes()
     done = run_track(folder, store_env(db))
     assert done.returncode == 2
     assert_one_error_line(done.stderr, f"is damaged ({what})", f"mv '{db}' '{db}.damaged'", "make repro")
     assert db.read_bytes() == damaged and not (folder / "runs.json").exists()
-    db.rename(f"{db}.damaged")  # as the line says
+
+
+def test_once_a_damaged_store_is_moved_aside_as_its_line_says_a_new_one_works(published, tmp_path):
+    """Whatever the damage: after the line's `mv` the next publish makes a new store, the damaged one kept beside it."""
+    folder, db = damaged_store(published, tmp_path, lambda data: data[: len(data) // 3])
+    db.rename(f"{db}.damaged")
     done = run_track(folder, store_env(db))
     assert done.returncode == 0, done.stderr
-    assert statuses(db) == ["FINISHED", "FINISHED"]
+    assert statuses(db) == ["FINISHED", "FINISHED"] and Path(f"{db}.damaged").exists()
 
 
-def test_a_read_only_store_is_one_line_and_works_again_once_writable(workspace, small_disk):
+def damaged_store(published: Path, tmp_path: Path, damage) -> tuple[Path, Path]:
+    """A copy of the published workspace, and a damaged copy of its store (in a folder of its own)."""
+    folder = Path(shutil.copytree(published, tmp_path / "ws"))
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    db.write_bytes(damage((folder / "mlruns" / "mlflow.db").read_bytes()))
+    return folder, db
+
+
+def test_a_read_only_store_is_one_line_and_works_again_once_writable(workspace, small_disk, empty_store):
     folder = Path(shutil.copytree(workspace, small_disk / "ws"))
     db = small_disk / "store" / "mlflow.db"
+    empty_store(db)
     assert run_track(folder, store_env(db)).returncode == 0
     other = build_workspace(small_disk / "other", {"train.epochs": 50})
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)

@@ -1,8 +1,8 @@
 """Team mode for real: `make server`'s MLflow server on PostgreSQL, with basic auth, and many publishers at once.
 
-One server per test worker (a session fixture: tests of other files may run in between), started and
-stopped by make as a user would. (xdist's loadgroup would keep these tests on one worker, but pytest 9.2
-broke it: pytest-dev/pytest-xdist#1386.) Each test publishes into an experiment and registered models of its own.
+One server, started and stopped by make as a user would: a session fixture, and the tests are one
+xdist_group, so that `make test` (--dist loadgroup) runs them all on one worker. (Under plain `-n 2` each
+worker that gets some starts its own.) Each test publishes into an experiment and registered models of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import requests
 from mlflow import MlflowClient
 from ruamel.yaml import YAML
 
+from gdpipe.track.publish import EXPERIMENT_KIND
 from support import (
     REPO,
     VARIANTS,
@@ -43,6 +44,7 @@ ADMIN = "gdpipe-admin"
 PASSWORD = f"pw-{uuid.uuid4().hex}"  # the admin's: must appear nowhere but in the environment
 LONG_EPOCHS = 1000  # publishing a run's history then takes long enough (about a second) to be cut short
 CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
+pytestmark = pytest.mark.xdist_group("team-server")
 
 
 @dataclass
@@ -196,10 +198,10 @@ def test_a_server_killed_mid_publish_and_restarted_is_healed_by_the_next_publish
     assert_healed(team_server, folder, client, "crash", abandoned)
 
 
-def test_wrong_credentials_and_missing_permission_are_one_line(team_server, result, tmp_path):
+def test_wrong_credentials_and_missing_permission_are_one_line(team_server, result, tmp_path, monkeypatch):
     """401 for a wrong password or none, 403 for a user who may only read: exit 2, one line saying what to do."""
     (folder,) = publishers(result, tmp_path, 1, "permissions")
-    assert publish_all([folder], team_server.env())[0][0] == 0  # the admin made the experiment
+    team_server.client(monkeypatch).create_experiment("permissions", tags=EXPERIMENT_KIND)  # the admin's
     reader_password = uuid.uuid4().hex
     created = requests.post(  # MLflow's REST API for users (its Python client imports a deprecated module)
         f"{team_server.url}/api/2.0/mlflow/users/create",
