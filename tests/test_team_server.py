@@ -13,16 +13,20 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput
 from ruamel.yaml import YAML
 
 from gdpipe.track.publish import EXPERIMENT_KIND
+from gdpipe.track.store import retried_if_raced
 from support import (
     REPO,
     VARIANTS,
@@ -147,6 +151,39 @@ def test_eight_publishers_of_different_results_make_eight_runs_per_variant(team_
     assert epochs == sorted((variant, str(20 + index)) for variant in VARIANTS for index in range(8))
     named = {json.loads((folder / "runs.json").read_text())["numpy"]["run_id"] for folder in folders}
     assert len(named) == 8  # each its own
+    # One data set for all: each run lists it, though they logged it at once (retried_if_raced).
+    assert {tuple(each.dataset.name for each in run.inputs.dataset_inputs) for run in runs} == {("dataset",)}
+
+
+def test_publishers_that_race_to_insert_one_dataset_or_one_alias_all_succeed(team_server, monkeypatch):
+    """MLflow's SQL store looks up, then inserts, an experiment's dataset and a model's alias: on
+    PostgreSQL some of eight at once failed on the unique key in nearly every round, until
+    retried_if_raced made them again."""
+    client = team_server.client(monkeypatch)
+    experiment_id = client.create_experiment(f"race-{uuid.uuid4().hex}")
+    model = client.create_registered_model(f"race-{uuid.uuid4().hex}").name
+    for _ in range(3):  # rounds, each with a dataset and an alias that do not exist yet
+        race_to_insert(client, experiment_id, model, publishers=8)
+
+
+def race_to_insert(client: MlflowClient, experiment_id: str, model: str, publishers: int) -> None:
+    runs = [client.create_run(experiment_id).info.run_id for _ in range(publishers)]
+    versions = [client.create_model_version(model, f"runs:/{run}/model", run_id=run).version for run in runs]
+    dataset = DatasetInput(Dataset("dataset", uuid.uuid4().hex[:16], "code", "{}"))
+    alias = f"a{uuid.uuid4().hex}"
+    start = threading.Barrier(publishers)
+
+    def publisher(index: int) -> None:
+        start.wait()
+        retried_if_raced(client.log_inputs, runs[index], [dataset])
+        retried_if_raced(client.set_registered_model_alias, model, alias, versions[index])
+
+    with ThreadPoolExecutor(publishers) as pool:
+        list(pool.map(publisher, range(publishers)))  # list(): raises what a publisher raised
+    for run in runs:
+        logged = client.get_run(run).inputs.dataset_inputs
+        assert [each.dataset.digest for each in logged] == [dataset.dataset.digest]
+    assert client.get_model_version_by_alias(model, alias).version in versions
 
 
 def kill_while_publishing(process: subprocess.Popen, client: MlflowClient, experiment: str, kill) -> str:

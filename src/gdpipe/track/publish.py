@@ -35,6 +35,7 @@ from gdpipe.track.store import (
     half_built,
     redact,
     remove_store,
+    retried_if_raced,
     sqlite_file,
     store_failure,
     store_lock,
@@ -250,7 +251,7 @@ def _complete(
     with signals_held():
         mlflow.start_run(run_id=run_id)  # log_input and log_model are fluent API only
         try:
-            mlflow.log_input(_dataset(record, dataset), context="training")
+            retried_if_raced(mlflow.log_input, _dataset(record, dataset), "training")
             if record.has_model:
                 mlflow.pyfunc.log_model(
                     name="model",

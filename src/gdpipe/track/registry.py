@@ -25,7 +25,7 @@ from gdpipe.core import config
 from gdpipe.core.command import InputError, run_command, signals_held
 from gdpipe.core.files import file_sha256, read_json
 from gdpipe.track.record import RunRecord
-from gdpipe.track.store import STORE_ERRORS, redact, repo_root, store_failure, tracking_uri
+from gdpipe.track.store import STORE_ERRORS, redact, repo_root, retried_if_raced, store_failure, tracking_uri
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 EXIT_NOT_PROMOTED = 1
@@ -48,7 +48,7 @@ def register(client: MlflowClient, experiment_id: str, run_id: str, record: RunR
         else:
             version = _create_version(client, experiment_id, run_id, record, name)
         if not record.diverged:
-            client.set_registered_model_alias(name, CHALLENGER, version)
+            retried_if_raced(client.set_registered_model_alias, name, CHALLENGER, version)
     return version
 
 
@@ -90,7 +90,7 @@ def promote(client: MlflowClient, current: Mapping[str, Mapping], verdict: Mappi
             champion = _champion(client, name)
         if verdict["passed"] and version is not None and run.get("status") != "diverged":
             with signals_held():
-                client.set_registered_model_alias(name, CHAMPION, version)
+                retried_if_raced(client.set_registered_model_alias, name, CHAMPION, version)
             was = "already" if champion == version else f"was {champion or 'none'}"
             lines.append(f"{name}: version {version} is champion ({was})")
             continue

@@ -7,8 +7,9 @@ import errno
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from mlflow.exceptions import MlflowException
@@ -19,6 +20,8 @@ from gdpipe.core.command import InputError
 # What a failing store raises through MLflow's API: MLflow's own errors, and for a sqlite store the
 # database's (SQLAlchemy's) and the file system's.
 STORE_ERRORS = (MlflowException, SQLAlchemyError, OSError)
+RACE_TRIES = 3  # a call that lost an insert race finds the winner's row when made again; one more in reserve
+T = TypeVar("T")
 
 
 def tracking_uri(root: Path) -> str:
@@ -70,6 +73,27 @@ def store_lock(uri: str) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def retried_if_raced(call: Callable[..., T], *args: object) -> T:
+    """`call(*args)`, made again if it lost a race with another publisher to insert the same row.
+
+    Some of MLflow's SQL-store writes look a row up and insert it when missing: an experiment's
+    dataset (log_inputs), a model's alias (set_registered_model_alias). Two publishers at once can
+    both insert it, and on PostgreSQL the later one fails on the unique key (BAD_REQUEST, "duplicate
+    key value violates unique constraint "dataset_pk""), with its transaction rolled back; made
+    again, the call finds the winner's row. The store serialises nothing here: gdpipe's file lock is
+    for sqlite files only.
+    """
+    for _ in range(RACE_TRIES - 1):
+        try:
+            return call(*args)
+        except MlflowException as err:
+            message = str(err).lower()
+            lost = "unique constraint" in message or "duplicate entry" in message  # PostgreSQL, sqlite; MySQL
+            if err.error_code != "BAD_REQUEST" or not lost:
+                raise
+    return call(*args)
 
 
 def first_line(err: BaseException, uri: str) -> str:
