@@ -324,7 +324,7 @@ def _open_experiment(name: str, uri: str) -> tuple[MlflowClient, str]:
             client.restore_experiment(found.experiment_id)
         for key, value in EXPERIMENT_KIND.items():
             if found.tags.get(key) != value:
-                client.set_experiment_tag(found.experiment_id, key, value)
+                retried_if_raced(client.set_experiment_tag, found.experiment_id, key, value)
         return client, found.experiment_id
 
 

@@ -79,11 +79,11 @@ def retried_if_raced(call: Callable[..., T], *args: object) -> T:
     """`call(*args)`, made again if it lost a race with another publisher to insert the same row.
 
     Some of MLflow's SQL-store writes look a row up and insert it when missing: an experiment's
-    dataset (log_inputs), a model's alias (set_registered_model_alias). Two publishers at once can
-    both insert it, and on PostgreSQL the later one fails on the unique key (BAD_REQUEST, "duplicate
-    key value violates unique constraint "dataset_pk""), with its transaction rolled back; made
-    again, the call finds the winner's row. The store serialises nothing here: gdpipe's file lock is
-    for sqlite files only.
+    dataset (log_inputs) and tags, a model's alias (set_registered_model_alias). Two publishers at
+    once can both insert it, and on PostgreSQL the later one fails on the unique key (BAD_REQUEST,
+    "duplicate key value violates unique constraint "dataset_pk""), its transaction rolled back;
+    made again, the call finds the winner's row. Nothing serialises these writes but the store:
+    gdpipe's file lock is for sqlite files only.
     """
     for _ in range(RACE_TRIES - 1):
         try:
