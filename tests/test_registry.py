@@ -111,12 +111,12 @@ def test_each_result_is_one_version_with_its_lineage_and_a_forced_rerun_makes_no
 
 
 @pytest.fixture(scope="module")
-def promoted_repo(reproduced_repo, tmp_path_factory) -> Path:
+def promoted_repo(reproduced_repo, tmp_path_factory, empty_store) -> Path:
     """A copy of the project after `make promote`: champion on both variants (shared: tests only read it)."""
     repo = tmp_path_factory.mktemp("promoted") / "repo"
     shutil.copytree(reproduced_repo, repo, symlinks=True)
     shutil.rmtree(repo / "mlruns")
-    (repo / "mlruns").mkdir()
+    empty_store(repo / "mlruns" / "mlflow.db")  # a store of its own, with no experiment yet
     (repo / "published.json").unlink()  # as in a fresh clone: track publishes to this store
     done = make(repo, "promote")
     assert done.returncode == 0, done.stdout + done.stderr
