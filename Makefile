@@ -107,8 +107,7 @@ sweep: $(STAMP)  ## a learning-rate sweep (SWEEP_LRS) as queued DVC experiments
 	for lr in $(SWEEP_LRS); do $(BIN)/dvc exp run --queue -S train.lr=$$lr || exit 2; done
 	$(BIN)/dvc queue start -j 2
 	for i in $$(seq 900); do $(BIN)/dvc queue status | grep -qE 'Queued|Running' || break; sleep 2; done
-	$(BIN)/dvc queue status
-	! $(BIN)/dvc queue status | grep -qE 'Failed|Queued|Running'
+	status="$$($(BIN)/dvc queue status)" && echo "$$status" && ! echo "$$status" | grep -qE 'Failed|Queued|Running'
 	$(BIN)/dvc exp show --no-pager --drop '.*' --keep 'Experiment|train\.lr|(numpy|torch)\.loss'
 
 clean:  ## remove .venv and the test caches (after a wrong Python, say)
