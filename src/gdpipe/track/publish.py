@@ -251,7 +251,7 @@ def _complete(
     with signals_held():
         mlflow.start_run(run_id=run_id)  # log_input and log_model are fluent API only
         try:
-            retried_if_raced(mlflow.log_input, _dataset(record, dataset), "training")
+            retried_if_raced(mlflow.log_input, _dataset(record, dataset), context="training")
             if record.has_model:
                 mlflow.pyfunc.log_model(
                     name="model",

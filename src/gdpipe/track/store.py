@@ -75,8 +75,8 @@ def store_lock(uri: str) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def retried_if_raced(call: Callable[..., T], *args: object) -> T:
-    """`call(*args)`, made again if it lost a race with another publisher to insert the same row.
+def retried_if_raced(call: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """`call(*args, **kwargs)`, made again if it lost a race with another publisher to insert the same row.
 
     Some of MLflow's SQL-store writes look a row up and insert it when missing: an experiment's
     dataset (log_inputs) and tags, a model's alias (set_registered_model_alias). Two publishers at
@@ -87,13 +87,13 @@ def retried_if_raced(call: Callable[..., T], *args: object) -> T:
     """
     for _ in range(RACE_TRIES - 1):
         try:
-            return call(*args)
+            return call(*args, **kwargs)
         except MlflowException as err:
             message = str(err).lower()
             lost = "unique constraint" in message or "duplicate entry" in message  # PostgreSQL, sqlite; MySQL
             if err.error_code != "BAD_REQUEST" or not lost:
                 raise
-    return call(*args)
+    return call(*args, **kwargs)
 
 
 def first_line(err: BaseException, uri: str) -> str:
