@@ -166,23 +166,24 @@ def test_publishers_that_race_to_insert_one_dataset_or_one_alias_all_succeed(tea
     experiment_id = client.create_experiment(f"race-{uuid.uuid4().hex}")
     model = client.create_registered_model(f"race-{uuid.uuid4().hex}").name
     for _ in range(3):  # rounds, each with a dataset and an alias that do not exist yet
-        race_to_insert(client, experiment_id, model, publishers=8)
+        race_to_insert(client, experiment_id, model, count=8)
 
 
-def race_to_insert(client: MlflowClient, experiment_id: str, model: str, publishers: int) -> None:
-    runs = [client.create_run(experiment_id).info.run_id for _ in range(publishers)]
+def race_to_insert(client: MlflowClient, experiment_id: str, model: str, count: int) -> None:
+    """`count` threads at once log one new dataset, each into its own run, then point one new alias at theirs."""
+    runs = [client.create_run(experiment_id).info.run_id for _ in range(count)]
     versions = [client.create_model_version(model, f"runs:/{run}/model", run_id=run).version for run in runs]
     dataset = DatasetInput(Dataset("dataset", uuid.uuid4().hex[:16], "code", "{}"))
     alias = f"a{uuid.uuid4().hex}"
-    start = threading.Barrier(publishers)
+    start = threading.Barrier(count)
 
     def publisher(index: int) -> None:
         start.wait()
         retried_if_raced(client.log_inputs, runs[index], [dataset])
         retried_if_raced(client.set_registered_model_alias, model, alias, versions[index])
 
-    with ThreadPoolExecutor(publishers) as pool:
-        list(pool.map(publisher, range(publishers)))  # list(): raises what a publisher raised
+    with ThreadPoolExecutor(count) as pool:
+        list(pool.map(publisher, range(count)))  # list(): raises what a publisher raised
     for run in runs:
         logged = client.get_run(run).inputs.dataset_inputs
         assert [each.dataset.digest for each in logged] == [dataset.dataset.digest]
