@@ -243,11 +243,8 @@ def _complete(
     beat = _Heartbeat(client, run_id)
     with signals_held():
         client.log_batch(run_id, params=[Param(key, str(value)) for key, value in record.params.items()])
-    log_metrics(client, run_id, record, beat)
-    for path in record.artifacts:
-        with signals_held():
-            client.log_artifact(run_id, str(path))
-        beat()
+    # The model before the metrics: log_model reads back the whole history of every metric the run
+    # already has (to link those of its step to the model), 20,000 points for 10,000 epochs.
     with signals_held():
         mlflow.start_run(run_id=run_id)  # log_input and log_model are fluent API only
         try:
@@ -267,6 +264,12 @@ def _complete(
         finally:
             # Still RUNNING: FINISHED tells other publishers the run is complete, its version too.
             mlflow.end_run(status="RUNNING")
+    beat()
+    log_metrics(client, run_id, record, beat)
+    for path in record.artifacts:
+        with signals_held():
+            client.log_artifact(run_id, str(path))
+        beat()
     with signals_held():
         if client.get_run(run_id).info.status != "RUNNING":
             return False, None
