@@ -50,7 +50,8 @@ repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)/#/experiments/1?workflowType=machine_learning"
 
 # Two workers: most of the suite waits on real dvc, MLflow and server processes. loadgroup keeps
-# the tests of one xdist_group (the team server's) on one worker, which starts its server once.
+# the tests of one xdist_group on one worker, which makes their shared fixture once (the team
+# server, a promoted or published copy of the project).
 test: $(STAMP)  ## run the tests
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
