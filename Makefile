@@ -51,7 +51,7 @@ repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 
 # Two workers: most of the suite waits on real dvc, MLflow and server processes. loadgroup keeps
 # the tests of one xdist_group on one worker, which makes their shared fixture once (the team
-# server, a promoted or published copy of the project).
+# server, a promoted or published copy of the project: tests/conftest.py, SHARED_FIXTURES).
 test: $(STAMP)  ## run the tests
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 

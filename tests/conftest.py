@@ -12,6 +12,19 @@ import gdpipe.track  # noqa: F401  (first: gives MLflow gdpipe's settings before
 from gdpipe.core import config
 from support import build_workspace, copy_repo, dvc, load_default_params, with_overrides
 
+# Fixtures that are costly to make (a server, a promoted or published copy of the project) and shared by
+# several tests. The tests that use one are an xdist_group named after it: `make test` (--dist loadgroup)
+# runs them on one worker, which makes the fixture once instead of once per worker.
+SHARED_FIXTURES = ("team_server", "promoted_repo", "published", "guarded_track_run", "s3")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(items):
+    for item in items:
+        shared = [name for name in SHARED_FIXTURES if name in item.fixturenames]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+
 
 @pytest.fixture
 def params():

@@ -110,14 +110,9 @@ def test_each_result_is_one_version_with_its_lineage_and_a_forced_rerun_makes_no
 # --- promotion and serving --------------------------------------------------------------------
 
 
-ON_PROMOTED = pytest.mark.xdist_group("promoted-repo")
-
-
 @pytest.fixture(scope="module")
 def promoted_repo(reproduced_repo, tmp_path_factory, empty_store) -> Path:
-    """A copy of the project after `make promote`: champion on both variants (shared: tests only read it).
-
-    Its tests are one xdist_group (ON_PROMOTED), so that `make test` promotes it on one worker, once."""
+    """A copy of the project after `make promote`: champion on both variants (shared: tests only read it)."""
     repo = tmp_path_factory.mktemp("promoted") / "repo"
     shutil.copytree(reproduced_repo, repo, symlinks=True)
     shutil.rmtree(repo / "mlruns")
@@ -130,7 +125,6 @@ def promoted_repo(reproduced_repo, tmp_path_factory, empty_store) -> Path:
     return repo
 
 
-@ON_PROMOTED
 def test_promote_moves_champion_only_when_the_gate_passes_and_a_known_result_adds_no_version(promoted_repo, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(promoted_repo, repo, symlinks=True)  # the store's artifacts stay the original's: read only
@@ -154,7 +148,6 @@ def test_promote_moves_champion_only_when_the_gate_passes_and_a_known_result_add
         assert client.get_registered_model(f"gdpipe-{variant}").aliases == {"champion": 1, "challenger": 1}
 
 
-@ON_PROMOTED
 def test_promote_refuses_a_verdict_about_other_metrics(promoted_repo, tmp_path, monkeypatch):
     from gdpipe.track import registry
 
@@ -206,7 +199,6 @@ BAD = [
 ]
 
 
-@ON_PROMOTED
 def test_make_serve_answers_f_of_x_over_http_and_survives_bad_requests(promoted_repo):
     assert len(BAD[-1][0]) > 10_000_000
     with served(promoted_repo, "serve", "SERVE_PORT") as url:

@@ -143,14 +143,10 @@ def test_no_default_remote_is_one_line_that_says_how_to_add_one(tmp_path):
 # talks to it exactly as to S3.
 
 
-ON_S3 = pytest.mark.xdist_group("s3")
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server on a free 127.0.0.1 port, with the bucket and one user's access key; checks
-    credentials from then on. Stopped after this module's tests, which are one xdist_group (ON_S3), so
-    that `make test` starts it on one worker, once."""
+    credentials from then on. Stopped after this module's tests."""
     import boto3
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
@@ -193,7 +189,6 @@ def aws_env(**credentials: str) -> dict[str, str]:
     return env | isolated | {"AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "1"} | credentials
 
 
-@ON_S3
 def test_push_to_s3_and_pull_back_with_a_credentials_file(s3, own_reproduced_repo, tmp_path):
     repo = own_reproduced_repo
     url = f"s3://{BUCKET}/round-trip"
@@ -219,7 +214,6 @@ def test_push_to_s3_and_pull_back_with_a_credentials_file(s3, own_reproduced_rep
     assert dvc(repo, "status", "--json").stdout.strip() == "{}"
 
 
-@ON_S3
 @pytest.mark.parametrize(
     ("case", "message"),
     [

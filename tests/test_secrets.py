@@ -47,14 +47,9 @@ socket.getaddrinfo = lambda *args, **kwargs: _refuse(("getaddrinfo", args))
 """
 
 
-ON_GUARDED_RUN = pytest.mark.xdist_group("guarded-track-run")
-
-
 @pytest.fixture(scope="module")
 def guarded_track_run(workspace, tmp_path_factory):
-    """The track stage on a fresh default store, with planted credentials in the environment and no network.
-
-    Its tests are one xdist_group (ON_GUARDED_RUN), so that `make test` runs it on one worker, once."""
+    """The track stage on a fresh default store, with planted credentials in the environment and no network."""
     root = tmp_path_factory.mktemp("guarded")
     folder = root / "ws"
     shutil.copytree(workspace, folder)
@@ -84,14 +79,12 @@ def guarded_track_run(workspace, tmp_path_factory):
     return folder, done, planted, root / "network.log"
 
 
-@ON_GUARDED_RUN
 def test_no_network_is_needed_with_the_default_store(guarded_track_run):
     folder, done, _, network_log = guarded_track_run
     assert (folder / "mlruns" / "mlflow.db").exists() and done.stdout.count("new run") == 2
     assert not network_log.exists(), network_log.read_text()
 
 
-@ON_GUARDED_RUN
 def test_planted_credentials_reach_no_param_tag_artifact_file_or_output(guarded_track_run, tmp_path):
     """MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN: in no run's params, tags or artifacts, no file, no output."""
     folder, done, planted, _ = guarded_track_run

@@ -64,14 +64,9 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-ON_PUBLISHED = pytest.mark.xdist_group("published-store")
-
-
 @pytest.fixture(scope="module")
 def published(workspace, tmp_path_factory, empty_store) -> Path:
-    """A workspace whose result is published to a sqlite store in its mlruns/ (runs.json not kept).
-
-    Its tests are one xdist_group (ON_PUBLISHED), so that `make test` publishes it on one worker, once."""
+    """A workspace whose result is published to a sqlite store in its mlruns/ (runs.json not kept)."""
     folder = Path(shutil.copytree(workspace, tmp_path_factory.mktemp("published") / "ws"))
     empty_store(folder / "mlruns" / "mlflow.db")
     assert run_track(folder, store_env(folder / "mlruns" / "mlflow.db")).returncode == 0
@@ -171,7 +166,6 @@ def test_a_full_disk_while_publishing_loses_nothing_and_the_result_is_published_
     assert set(runs.values()) <= {"FINISHED", "FAILED", "KILLED"} and list(runs.values()).count("FINISHED") == 4
 
 
-@ON_PUBLISHED
 @pytest.mark.parametrize(
     ("damage", "what"),
     [
@@ -190,7 +184,6 @@ def test_a_damaged_store_is_one_line_and_never_deleted(published, tmp_path, dama
     assert db.read_bytes() == damaged and not (folder / "runs.json").exists()
 
 
-@ON_PUBLISHED
 def test_once_a_damaged_store_is_moved_aside_as_its_line_says_a_new_one_works(published, tmp_path):
     """Whatever the damage: after the line's `mv` the next publish makes a new store, the damaged one kept beside it."""
     folder, db = damaged_store(published, tmp_path, lambda data: data[: len(data) // 3])

@@ -1,8 +1,7 @@
 """Team mode for real: `make server`'s MLflow server on PostgreSQL, with basic auth, and many publishers at once.
 
-One server, started and stopped by make as a user would: a session fixture, and the tests are one
-xdist_group, so that `make test` (--dist loadgroup) runs them all on one worker. (Under plain `-n 2` each
-worker that gets some starts its own.) Each test publishes into an experiment and registered models of its own.
+One server, started and stopped by make as a user would: a session fixture, whose tests `make test` runs
+on one worker (conftest.SHARED_FIXTURES). Each test publishes into an experiment and registered models of its own.
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ ADMIN = "gdpipe-admin"
 PASSWORD = f"pw-{uuid.uuid4().hex}"  # the admin's: must appear nowhere but in the environment
 LONG_EPOCHS = 1000  # publishing a run's history then takes long enough (about a second) to be cut short
 CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
-pytestmark = pytest.mark.xdist_group("team-server")
 
 
 @dataclass
