@@ -233,6 +233,22 @@ def run_stage(main, argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+def track_here(folder: Path, uri: str) -> tuple[int, str]:
+    """The track stage run in this process in `folder` (a finished workspace), publishing to `uri`: its exit
+    code and stderr. For putting a result in a store before the test proper, without a child's two
+    seconds of importing MLflow; what the stage prints, or how it dies, is tested on a child (run_track)."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        with contextlib.chdir(folder):
+            return run_stage(stage("track").main, TRACK_ARGS)
+    finally:
+        if previous is None:
+            del os.environ["MLFLOW_TRACKING_URI"]
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 def assert_one_error_line(stderr: str, *names: str) -> None:
     """Exactly one line, `gdpipe: error: ...`, that mentions every one of `names`; never a traceback."""
     assert stderr.startswith("gdpipe: error: ") and stderr.count("\n") == 1 and stderr.endswith("\n"), stderr[:2000]
