@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,6 +191,28 @@ def start_track(folder: Path, env: dict[str, str]) -> subprocess.Popen:
     """The same, started: its stdout and stderr are pipes, to read with communicate()."""
     command = [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS]
     return subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def publish_forked(folders: list[Path], env: dict[str, str]) -> list[tuple[int, str, str]]:
+    """The track stage in every folder at the same moment, each a process forked from one that imported it
+    (tests/publishers.py): (exit code, stdout, stderr) of each."""
+    with tempfile.TemporaryDirectory() as outputs:
+        command = [sys.executable, str(REPO / "tests" / "publishers.py"), outputs, *map(str, folders)]
+        # A session of its own: if it hangs, its publishers go with it.
+        with subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        ) as launcher:
+            try:
+                stdout, stderr = launcher.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                os.killpg(launcher.pid, signal.SIGKILL)
+                raise
+        if launcher.returncode != 0:
+            raise RuntimeError(f"tests/publishers.py failed: {stderr[-3000:]}")
+        return [
+            (code, *(Path(outputs, f"{index}.{suffix}").read_text() for suffix in ("out", "err")))
+            for index, code in enumerate(json.loads(stdout))
+        ]
 
 
 # A test hook, installed as sitecustomize in a child: it touches a file when training starts, so a

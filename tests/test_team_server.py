@@ -38,6 +38,7 @@ from support import (
     files_under,
     free_port,
     make,
+    publish_forked,
     run_track,
     src_env,
     start_track,
@@ -105,12 +106,6 @@ def publishers(workspace: Path, root: Path, count: int, experiment: str) -> list
     return folders
 
 
-def publish_all(folders: list[Path], env: dict[str, str]) -> list[tuple[int, str, str]]:
-    """Run the track stage in every folder at the same moment; (exit code, stdout, stderr) of each."""
-    running = [start_track(folder, env) for folder in folders]
-    return [(process.wait(timeout=180), *process.communicate()) for process in running]
-
-
 def runs_of(client: MlflowClient, experiment: str) -> list:
     found = client.get_experiment_by_name(experiment)
     return client.search_runs([found.experiment_id], max_results=1000) if found else []
@@ -120,7 +115,7 @@ def test_eight_publishers_of_one_result_make_one_run_per_variant(team_server, re
     """At the same moment on a fresh experiment (its creation races too): all succeed, one run and one
     model version per variant, and every publisher's runs.json names them."""
     folders = publishers(result, tmp_path, 8, "one-result")
-    finished = publish_all(folders, team_server.env())
+    finished = publish_forked(folders, team_server.env())
     assert [code for code, _, _ in finished] == [0] * 8, [err for _, _, err in finished]
     client = team_server.client(monkeypatch)
     runs = runs_of(client, "one-result")
@@ -144,7 +139,7 @@ def test_eight_publishers_of_different_results_make_eight_runs_per_variant(team_
     for index in range(8):
         result = build_workspace(tmp_path / f"result-{index}", {"train.epochs": 20 + index})
         folders += publishers(result, tmp_path / f"clone-{index}", 1, "many-results")
-    finished = publish_all(folders, team_server.env())
+    finished = publish_forked(folders, team_server.env())
     assert [code for code, _, _ in finished] == [0] * 8, [err for _, _, err in finished]
     runs = runs_of(team_server.client(monkeypatch), "many-results")
     assert len(runs) == 16 and {run.info.status for run in runs} == {"FINISHED"}
@@ -287,9 +282,9 @@ def test_wrong_credentials_and_missing_permission_are_one_line(team_server, resu
     }
     for name, (env, expected) in cases.items():
         (folder / "runs.json").unlink(missing_ok=True)
-        ((code, _, err),) = publish_all([folder], env)
-        assert code == 2, (name, err)
-        assert_one_error_line(err, f"MLflow tracking store {team_server.url} {expected}")
+        done = run_track(folder, env)
+        assert done.returncode == 2, (name, done.stderr)
+        assert_one_error_line(done.stderr, f"MLflow tracking store {team_server.url} {expected}")
         assert not (folder / "runs.json").exists()
 
 
@@ -300,9 +295,10 @@ def test_the_password_appears_nowhere(team_server, result, tmp_path):
 
     (folder,) = publishers(result, tmp_path, 1, "secrets")
     uri_with_password = team_server.url.replace("://", f"://{ADMIN}:{PASSWORD}@")
-    printed = publish_all([folder], team_server.env(MLFLOW_TRACKING_URI=uri_with_password))
-    assert printed[0][0] == 0, printed[0][2]
-    texts = {f"output {index}": text for index, text in enumerate(team_server.outputs + list(printed[0][1:]))}
+    printed = run_track(folder, team_server.env(MLFLOW_TRACKING_URI=uri_with_password))
+    assert printed.returncode == 0, printed.stderr
+    outputs = [*team_server.outputs, printed.stdout, printed.stderr]
+    texts = {f"output {index}": text for index, text in enumerate(outputs)}
     texts |= {str(path): path.read_bytes().decode("latin-1") for path in files_under(folder)}
     texts |= {str(path): path.read_bytes().decode("latin-1") for path in files_under(team_server.folder)}
     cluster = team_server.folder / "postgres"
