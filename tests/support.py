@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from unittest import mock
 
 from ruamel.yaml import YAML
 
@@ -258,18 +259,10 @@ def run_stage(main, argv: list[str]) -> tuple[int, str]:
 
 def track_here(folder: Path, uri: str) -> tuple[int, str]:
     """The track stage run in this process in `folder` (a finished workspace), publishing to `uri`: its exit
-    code and stderr. For putting a result in a store before the test proper, without a child's two
-    seconds of importing MLflow; what the stage prints, or how it dies, is tested on a child (run_track)."""
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        with contextlib.chdir(folder):
-            return run_stage(stage("track").main, TRACK_ARGS)
-    finally:
-        if previous is None:
-            del os.environ["MLFLOW_TRACKING_URI"]
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+    code and stderr, without a child's two seconds of importing MLflow. What a whole process prints, start-up
+    included, or how it dies, is tested on a child (run_track)."""
+    with mock.patch.dict(os.environ, MLFLOW_TRACKING_URI=uri), contextlib.chdir(folder):
+        return run_stage(stage("track").main, TRACK_ARGS)
 
 
 def assert_one_error_line(stderr: str, *names: str) -> None:

@@ -17,15 +17,13 @@ import pytest
 from mlflow import MlflowClient
 
 from support import (
-    TRACK_ARGS,
     assert_one_error_line,
     build_workspace,
-    run_stage,
     run_track,
     runs_in_store,
     src_env,
-    stage,
     start_track,
+    track_here,
     wait_for,
 )
 
@@ -39,7 +37,7 @@ def long_workspace(tmp_path_factory) -> Path:
 
 
 def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_publish_completes(
-    long_workspace, tmp_path, monkeypatch, reaper, empty_store
+    long_workspace, tmp_path, reaper, empty_store
 ):
     """Ctrl-C (twice, impatiently) or kill while a run is being logged: one line, exit 130/143, the run KILLED,
     nothing written; publishing again makes complete runs."""
@@ -80,9 +78,7 @@ def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_pu
         assert not (folder / "published.json").exists() and not (folder / "runs.json").exists()
         assert not [path for path in folder.rglob("*.tmp")]
     folder, db, _ = running["SIGTERM"]
-    monkeypatch.chdir(folder)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    code, stderr = run_stage(stage("track").main, TRACK_ARGS)
+    code, stderr = track_here(folder, f"sqlite:///{db}")
     assert code == 0, stderr
     published = json.loads((folder / "runs.json").read_text())
     client = MlflowClient(f"sqlite:///{db}")
@@ -200,18 +196,14 @@ def test_parallel_publishers_on_one_fresh_store_lose_nothing_and_never_duplicate
         }
 
 
-def test_a_store_that_fails_mid_publish_is_one_line_and_the_run_is_marked_failed(
-    own_workspace, tmp_path, monkeypatch, empty_store
-):
+def test_a_store_that_fails_mid_publish_is_one_line_and_the_run_is_marked_failed(own_workspace, tmp_path, empty_store):
     """The artifact folder cannot be made (a file is in the way): exit 2, one line naming the run marked FAILED."""
     folder = own_workspace
     uri = empty_store(tmp_path / "store" / "mlflow.db")
     (tmp_path / "in-the-way").write_text("a file where the artifact folder should be")
     client = MlflowClient(uri)
     client.create_experiment("gradient-descent", artifact_location=(tmp_path / "in-the-way" / "artifacts").as_uri())
-    monkeypatch.chdir(folder)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    code, stderr = run_stage(stage("track").main, TRACK_ARGS)
+    code, stderr = track_here(folder, uri)
     assert code == 2
     ((run_id, status),) = runs_in_store(tmp_path / "store" / "mlflow.db")
     assert status == "FAILED"
@@ -234,10 +226,8 @@ def test_a_stop_while_the_run_is_being_made_marks_that_run_killed(own_workspace,
         return run
 
     monkeypatch.setattr(MlflowClient, "create_run", made_then_interrupted)
-    monkeypatch.chdir(own_workspace)
     db = tmp_path / "store" / "mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty_store(db))
-    code, stderr = run_stage(stage("track").main, TRACK_ARGS)
+    code, stderr = track_here(own_workspace, empty_store(db))
     ((run_id, status),) = runs_in_store(db)
     assert (code, status) == (130, "KILLED")
     assert stderr == f"gdpipe: interrupted (SIGINT); numpy run {run_id} marked KILLED; no output was half-written\n"

@@ -14,14 +14,12 @@ from mlflow import MlflowClient
 
 from support import (
     REPO,
-    TRACK_ARGS,
     assert_one_error_line,
     files_under,
     free_port,
-    run_stage,
     run_track,
     src_env,
-    stage,
+    track_here,
 )
 
 # A test hook, installed as sitecustomize: every attempt to reach the network is logged and refused.
@@ -109,10 +107,8 @@ def test_a_password_in_the_tracking_uri_or_the_environment_is_never_printed(own_
     """MLflow's own error message repeats the URI with its password; gdpipe's line shows neither it nor a token."""
     folder = own_workspace
     port = free_port()
-    monkeypatch.chdir(folder)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret-in-uri@127.0.0.1:{port}")
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "s3cret-token")
-    code, stderr = run_stage(stage("track").main, TRACK_ARGS)
+    code, stderr = track_here(folder, f"http://alice:s3cret-in-uri@127.0.0.1:{port}")
     assert code == 2
     assert_one_error_line(stderr, f"MLflow tracking store http://127.0.0.1:{port} refused the connection")
     assert "s3cret" not in stderr and "alice" not in stderr, stderr

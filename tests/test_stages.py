@@ -15,13 +15,13 @@ from gdpipe.summary import format_summary
 from support import (
     EVALUATE_ARGS,
     EVALUATE_OUTS,
-    TRACK_ARGS,
     assert_one_error_line,
     build_workspace,
     files_under,
     load_default_params,
     run_stage,
     stage,
+    track_here,
     with_overrides,
     write_yaml,
 )
@@ -171,7 +171,7 @@ def test_evaluate_interrupted_while_drawing_keeps_both_previous_outputs(own_work
 
 
 @pytest.mark.parametrize("lr", [0.5, 1e38], ids=["after-some-epochs", "in-the-first-epoch"])
-def test_a_diverged_run_is_reported_as_diverged_never_as_numbers(tmp_path, monkeypatch, empty_store, lr):
+def test_a_diverged_run_is_reported_as_diverged_never_as_numbers(tmp_path, empty_store, lr):
     """metrics.json, the summary and MLflow say `diverged`; no NaN or infinity is published as a result."""
     from mlflow import MlflowClient
 
@@ -182,9 +182,7 @@ def test_a_diverged_run_is_reported_as_diverged_never_as_numbers(tmp_path, monke
         assert not {"w", "loss", "prediction", "abs_error"} & set(metrics[variant])
         assert f"{variant:<8} diverged at epoch {metrics[variant]['diverged_at_epoch']}" in format_summary(metrics)
     uri = empty_store(tmp_path / "store" / "mlflow.db")
-    monkeypatch.chdir(folder)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    code, stderr = run_stage(stage("track").main, TRACK_ARGS)
+    code, stderr = track_here(folder, uri)
     assert code == 0, stderr
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("gradient-descent").experiment_id])
