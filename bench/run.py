@@ -220,7 +220,7 @@ def bench_memory(quick: bool, work: Path) -> dict:
     )
     say(f"memory: generate N={n:.0e}")
     subprocess.run(
-        [sys.executable, str(REPO / "stages/generate.py"), "--params", str(params), "--out", "dataset.npz"],
+        [sys.executable, str(REPO / "stages/generate.py"), "--params", str(params), "--out", "dataset.npy"],
         cwd=folder,
         env=child_env(PYTHONPATH=str(SRC)),
         check=True,
@@ -238,7 +238,7 @@ def bench_memory(quick: bool, work: Path) -> dict:
                 "--params",
                 str(params),
                 "--data",
-                "dataset.npz",
+                "dataset.npy",
                 "--history",
                 f"{variant}.csv",
                 "--model",

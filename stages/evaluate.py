@@ -1,7 +1,7 @@
 """evaluate: predict f(evaluate.x) with each trained variant, compare them with the closed-form
 optimum, and draw loss and w per epoch of both into one PNG (dvc plots show needs a browser and network).
 
-    python stages/evaluate.py --params params.yaml --data data/dataset.npz \
+    python stages/evaluate.py --params params.yaml --data data/dataset.npy \
         --models models/numpy.json models/torch.json --histories history/numpy.csv history/torch.csv \
         --out metrics.json --plot plots/curves.png
 """

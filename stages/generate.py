@@ -1,6 +1,6 @@
 """generate: build the data set y = true_w * x + noise from params.yaml's data section.
 
-python stages/generate.py --params params.yaml --out data/dataset.npz
+python stages/generate.py --params params.yaml --out data/dataset.npy
 """
 
 import argparse
@@ -13,7 +13,7 @@ from gdpipe.data import generate
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", required=True, help="the .npz to write (x and y, float32)")
+    parser.add_argument("--out", required=True, help="the .npy to write (rows x and y, float32)")
     args = parser.parse_args(argv)
     params = config.load(args.params)
     generate(params.data).save(args.out)

@@ -1,6 +1,6 @@
 """track: publish each trained variant as one MLflow run (the only stage that imports mlflow).
 
-    python stages/track.py --params params.yaml --data data/dataset.npz \
+    python stages/track.py --params params.yaml --data data/dataset.npy \
         --histories history/numpy.csv history/torch.csv --models models/numpy.json models/torch.json \
         --metrics metrics.json --plot plots/curves.png --published published.json --runs runs.json
 """

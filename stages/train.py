@@ -1,6 +1,6 @@
 """train: fit w by gradient descent with one variant (numpy: hand gradient, torch: autograd).
 
-    python stages/train.py --variant numpy --params params.yaml --data data/dataset.npz \
+    python stages/train.py --variant numpy --params params.yaml --data data/dataset.npy \
         --history history/numpy.csv --model models/numpy.json
 """
 
@@ -18,7 +18,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", required=True, choices=config.VARIANTS)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--data", required=True, help="the .npz written by generate")
+    parser.add_argument("--data", required=True, help="the .npy written by generate")
     parser.add_argument("--history", required=True, help="the CSV to write: epoch,w,loss")
     parser.add_argument("--model", required=True, help="the JSON to write: the final w")
     args = parser.parse_args(argv)

@@ -81,6 +81,12 @@ def with_overrides(document: dict, overrides: dict[str, object]) -> dict:
     return result
 
 
+def committed_md5(path: str) -> str:
+    """The md5 that the repository's dvc.lock records for the output `path`."""
+    lock = YAML(typ="safe").load((REPO / "dvc.lock").read_text())
+    return next(out["md5"] for stage in lock["stages"].values() for out in stage["outs"] if out["path"] == path)
+
+
 def write_yaml(path: Path, document: object) -> Path:
     """Dump `document` as YAML to `path`."""
     yaml = YAML(typ="safe")
@@ -278,16 +284,16 @@ def files_under(folder: Path) -> list[Path]:
 
 
 TRAIN_ARGS = (
-    "--variant numpy --params params.yaml --data data/dataset.npz --history history/numpy.csv --model models/numpy.json"
+    "--variant numpy --params params.yaml --data data/dataset.npy --history history/numpy.csv --model models/numpy.json"
 ).split()
 EVALUATE_ARGS = (
-    "--params params.yaml --data data/dataset.npz --models models/numpy.json models/torch.json "
+    "--params params.yaml --data data/dataset.npy --models models/numpy.json models/torch.json "
     "--histories history/numpy.csv history/torch.csv --out metrics.json --plot plots/curves.png"
 ).split()
 EVALUATE_OUTS = ["metrics.json", "plots/curves.png"]
 # Every output of the pipeline: the ones DVC caches, metrics.json (in git) and published.json (not cached).
 OUTPUTS = [
-    "data/dataset.npz",
+    "data/dataset.npy",
     "history/numpy.csv",
     "history/torch.csv",
     "models/numpy.json",
@@ -298,7 +304,7 @@ OUTPUTS = [
 ]
 CACHED = [name for name in OUTPUTS if name not in ("metrics.json", "published.json")]
 TRACK_ARGS = (
-    "--params params.yaml --data data/dataset.npz --histories history/numpy.csv history/torch.csv "
+    "--params params.yaml --data data/dataset.npy --histories history/numpy.csv history/torch.csv "
     "--models models/numpy.json models/torch.json --metrics metrics.json --plot plots/curves.png "
     "--published published.json --runs runs.json"
 ).split()
@@ -308,10 +314,10 @@ def build_workspace(folder: Path, overrides: dict | None = None) -> Path:
     """The outputs of generate, train and evaluate for the repository's params (with overrides), made here."""
     folder.mkdir(parents=True, exist_ok=True)
     params = write_yaml(folder / "params.yaml", with_overrides(load_default_params(), overrides or {}))
-    steps = [(stage("generate").main, ["--params", str(params), "--out", "data/dataset.npz"])]
+    steps = [(stage("generate").main, ["--params", str(params), "--out", "data/dataset.npy"])]
     for variant in VARIANTS:
         argv = (
-            f"--variant {variant} --data data/dataset.npz --history history/{variant}.csv --model models/{variant}.json"
+            f"--variant {variant} --data data/dataset.npy --history history/{variant}.csv --model models/{variant}.json"
         )
         steps.append((stage("train").main, ["--params", str(params), *argv.split()]))
     steps.append((stage("evaluate").main, EVALUATE_ARGS))

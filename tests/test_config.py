@@ -33,7 +33,7 @@ def run_generate(params_path) -> int:
     """The generate stage's exit code with this params file (every stage checks the whole file first); a failure writes
     nothing.
     """
-    out = params_path.parent / "out" / "dataset.npz"
+    out = params_path.parent / "out" / "dataset.npy"
     code = run_main(stage("generate").main, ["--params", str(params_path), "--out", str(out)])
     assert code == 0 or not out.parent.exists()
     return code
@@ -167,7 +167,7 @@ def test_many_problems_are_counted_beyond_the_first_few(tmp_path, capsys):
 
 def test_a_stage_with_bad_params_prints_no_traceback_and_writes_nothing(tmp_path):
     path = write_yaml(tmp_path / "params.yaml", with_overrides(load_default_params(), {"train.lr": -1}))
-    out = tmp_path / "data" / "dataset.npz"
+    out = tmp_path / "data" / "dataset.npy"
     done = subprocess.run(
         [sys.executable, str(REPO / "stages" / "generate.py"), "--params", str(path), "--out", str(out)],
         capture_output=True,
@@ -182,7 +182,7 @@ def test_a_stage_with_bad_params_prints_no_traceback_and_writes_nothing(tmp_path
 
 
 def test_generate_stage_main_writes_the_dataset(tmp_path):
-    out = tmp_path / "dataset.npz"
+    out = tmp_path / "dataset.npy"
     assert run_main(stage("generate").main, ["--params", str(REPO / "params.yaml"), "--out", str(out)]) == 0
     assert out.stat().st_size > 0
 
@@ -350,7 +350,7 @@ def test_malformed_params_load_or_fail_with_one_line_naming_the_key(case):
             names = key if isinstance(key, tuple) else (key,)
             named = [name for name in names if name[:40] in stderr or f": {name.rpartition('.')[0]}: " in stderr]
             assert named, (key, stderr)
-        out = Path(folder) / "out" / "dataset.npz"
+        out = Path(folder) / "out" / "dataset.npy"
         assert run_stage(stage("generate").main, ["--params", str(path), "--out", str(out)]) == (code, stderr)
         assert files_under(Path(folder)) == [path]
         assert not Path("pwned").exists()

@@ -49,7 +49,7 @@ def _peak_rss_of_generate(tmp_path, n: int) -> int:
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, "--params", str(params), "--out", str(tmp_path / f"d{n}.npz")],
+        [sys.executable, "-c", script, "--params", str(params), "--out", str(tmp_path / f"d{n}.npy")],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -65,7 +65,7 @@ def test_ten_million_points_use_memory_close_to_the_arrays(tmp_path):
     peak = _peak_rss_of_generate(tmp_path, n)
     arrays = 2 * 4 * n  # x and y, float32
     assert peak - baseline < 1.25 * arrays, f"{(peak - baseline) / arrays:.2f}x the arrays"
-    loaded = Dataset.load(tmp_path / f"d{n}.npz")
+    loaded = Dataset.load(tmp_path / f"d{n}.npy")
     assert loaded.x.size == n
 
 

@@ -88,7 +88,7 @@ def test_make_repro_stops_a_bad_params_file_before_dvc_touches_any_output(own_re
     repo = own_reproduced_repo
     outputs = {
         path: path.read_bytes()
-        for path in (repo / "data" / "dataset.npz", repo / "history" / "numpy.csv", repo / "metrics.json")
+        for path in (repo / "data" / "dataset.npy", repo / "history" / "numpy.csv", repo / "metrics.json")
     }
     _set_param(repo, "data", "sead", 1)
     done = make(repo, "repro")

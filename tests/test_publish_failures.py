@@ -132,13 +132,13 @@ from gdpipe.track.record import build_record
 workspace, uri, go, lrs = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), [float(lr) for lr in sys.argv[4:]]
 params = config.load(workspace / "params.yaml")
 metrics = read_json(workspace / "metrics.json")
-dataset = Dataset.load(workspace / "data/dataset.npz")
+dataset = Dataset.load(workspace / "data/dataset.npy")
 while not go.exists():  # both workers start publishing at the same moment, on a store that does not exist yet
     time.sleep(0.005)
 for lr in lrs:
     variant_params = params.model_copy(update={"train": params.train.model_copy(update={"lr": lr})})
     records = [
-        build_record(variant_params, metrics, workspace / "data/dataset.npz", v, workspace / f"history/{v}.csv",
+        build_record(variant_params, metrics, workspace / "data/dataset.npy", v, workspace / f"history/{v}.csv",
                      workspace / f"models/{v}.json", workspace / "metrics.json", (workspace / "plots/curves.png",), {})
         for v in ("numpy", "torch")
     ]

@@ -118,7 +118,7 @@ def test_a_bad_local_remote_is_one_line_and_the_workspace_is_left_as_it_was(fres
     (tmp_path / "empty").mkdir()
     url = url.format(tmp=tmp_path)
     set_remote(fresh_copy, url)
-    (fresh_copy / "data" / "dataset.npz").write_bytes(b"a data set made here, not the committed one")
+    (fresh_copy / "data" / "dataset.npy").write_bytes(b"a data set made here, not the committed one")
     before = workspace(fresh_copy)
     done = run_remote(fresh_copy, action)
     assert done.returncode == 2, done.stdout + done.stderr

@@ -89,7 +89,7 @@ def test_numbers_from_anywhere_train_or_fail_cleanly_and_metrics_stay_finite(tmp
     """
     folder = tmp_path_factory.mktemp("numbers")
     params = write_yaml(folder / "params.yaml", with_overrides(load_default_params(), overrides))
-    dataset = folder / "data" / "dataset.npz"
+    dataset = folder / "data" / "dataset.npy"
     code, stderr = run_stage(stage("generate").main, ["--params", str(params), "--out", str(dataset)])
     if code != 0:
         assert code == 2

@@ -96,9 +96,9 @@ def test_a_full_disk_at_every_stage_is_one_line_and_the_old_outputs_stay(workspa
     before = fingerprints(folder)
     filler = fill(small_disk)
     monkeypatch.chdir(folder)
-    train = "--variant numpy --data data/dataset.npz --history history/numpy.csv --model models/numpy.json"
+    train = "--variant numpy --data data/dataset.npy --history history/numpy.csv --model models/numpy.json"
     commands = {
-        "data/dataset.npz": (stage("generate").main, ["--params", "params.yaml", "--out", "data/dataset.npz"]),
+        "data/dataset.npy": (stage("generate").main, ["--params", "params.yaml", "--out", "data/dataset.npy"]),
         "history/numpy.csv": (stage("train").main, ["--params", "params.yaml", *train.split()]),
         "metrics.json": (stage("evaluate").main, EVALUATE_ARGS),
     }

@@ -172,7 +172,7 @@ def run_track_stage(repo: Path, uri: str, scratch: Path) -> tuple[subprocess.Com
             sys.executable,
             "stages/track.py",
             "--data",
-            "data/dataset.npz",
+            "data/dataset.npy",
             "--histories",
             "history/numpy.csv",
             "history/torch.csv",
@@ -264,13 +264,13 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
     params = config.load(repo / "params.yaml")
 
     def numpy_record(artifacts: tuple[Path, ...]):
-        files = [repo / name for name in ("data/dataset.npz", "history/numpy.csv", "models/numpy.json", "metrics.json")]
+        files = [repo / name for name in ("data/dataset.npy", "history/numpy.csv", "models/numpy.json", "metrics.json")]
         return build_record(params, read_json(repo / "metrics.json"), files[0], "numpy", *files[1:], artifacts, {})
 
     record = numpy_record((tmp_path / "vanished.png",))
     uri = empty_store(tmp_path / "store" / "mlflow.db")
     with pytest.raises(InputError, match=r"vanished\.png") as err:
-        publish.publish([record], Dataset.load(repo / "data/dataset.npz"), "gradient-descent", "gdpipe", uri)
+        publish.publish([record], Dataset.load(repo / "data/dataset.npy"), "gradient-descent", "gdpipe", uri)
     (run,) = all_runs(uri)
     assert run.info.status == "FAILED"
     assert str(err.value).endswith(f"; numpy run {run.info.run_id} marked FAILED)")  # one line, said by the stage
@@ -284,7 +284,7 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
     ).info.run_id
     not_ours = client.create_run(experiment_id, tags={"variant": "numpy"}).info.run_id
     record = numpy_record(())
-    published = publish.publish([record], Dataset.load(repo / "data/dataset.npz"), "gradient-descent", "gdpipe", uri)
+    published = publish.publish([record], Dataset.load(repo / "data/dataset.npy"), "gradient-descent", "gdpipe", uri)
     assert published["numpy"]["created"] is True and published["numpy"]["abandoned_runs_killed"] == [abandoned]
     assert client.get_run(abandoned).info.status == "KILLED" and client.get_run(not_ours).info.status == "RUNNING"
     assert sorted(run.info.status for run in all_runs(uri)) == ["FAILED", "FINISHED", "KILLED", "RUNNING"]

@@ -1,7 +1,7 @@
 """The files the stages hand each other, as types with their formats: every reader checks what it
 reads and names the file in one line when it is wrong.
 
-    data/dataset.npz        Dataset        written by generate, read by train, evaluate and track
+    data/dataset.npy        Dataset        written by generate, read by train, evaluate and track
     history/<variant>.csv   History        written by train: epoch, w, loss per recorded epoch
     models/<variant>.json   TrainedModel   written by train: the final w
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-import zipfile
+import struct
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,13 +21,11 @@ from gdpipe.core.command import InputError
 from gdpipe.core.config import VARIANTS
 from gdpipe.core.files import atomic_write, file_sha256, read_json, require_finite, write_json
 
-# Fixed zip timestamps: np.savez stamps the current time, so equal data would hash differently.
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 # Large arrays are checked in chunks, so that no full-size temporary doubles the memory.
 _CHUNK = 1 << 20
 
 
-# --- data/dataset.npz -----------------------------------------------------------------------
+# --- data/dataset.npy -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -41,31 +39,34 @@ class Dataset:
         assert self.x.dtype == self.y.dtype == np.float32 and self.x.shape == self.y.shape and self.x.ndim == 1
 
     def save(self, path: str | Path) -> None:
-        """Write x and y as an uncompressed .npz, atomically and byte-identically for equal data."""
-        with atomic_write(path, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
-            for name, array in (("x", self.x), ("y", self.y)):
-                member = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
-                member.external_attr = 0o644 << 16
-                with archive.open(member, "w", force_zip64=True) as out:
-                    np.lib.format.write_array(out, array, allow_pickle=False)
+        """Write x and y as rows of one (2, n) little-endian float32 .npy, atomically.
+
+        Every byte is decided here (`npy_header`, then the numbers), not by the interpreter or NumPy's
+        writer, so equal data gives an equal file under any Python and NumPy; `np.load` reads it.
+        """
+        with atomic_write(path, "wb") as handle:
+            handle.write(npy_header(self.x.size))
+            for row in (self.x, self.y):
+                handle.write(row.astype("<f4", copy=False).data)
 
     @classmethod
     def load(cls, path: str | Path) -> Dataset:
         """Read a data set written by `save`; InputError naming the file if it is missing or corrupt."""
         path = Path(path)
         try:
-            # Open the file here: np.load leaves its own handle open when the archive is corrupt.
-            with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
-                x, y = archive["x"], archive["y"]
+            with path.open("rb") as handle:  # the .npy format only: np.load would also open zips and pickles
+                rows = np.lib.format.read_array(handle, allow_pickle=False)
         except FileNotFoundError:
             raise InputError(f"{path}: no such file (run the generate stage: dvc repro)") from None
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            raise InputError(f"{path}: not a readable data set with float32 arrays x and y ({err})") from None
-        if x.dtype != np.float32 or y.dtype != np.float32 or x.ndim != 1 or x.shape != y.shape or x.size == 0:
+        except (OSError, ValueError, EOFError) as err:
+            raise InputError(f"{path}: not a readable data set of float32 rows x and y ({err})") from None
+        two_rows = rows.ndim == 2 and rows.shape[0] == 2 and rows.size and rows.flags.c_contiguous
+        if rows.dtype != np.float32 or not two_rows:
             raise InputError(
-                f"{path}: x and y must be non-empty float32 vectors of equal length, "
-                f"got {x.dtype}{x.shape} and {y.dtype}{y.shape}"
+                f"{path}: expected a non-empty float32 array of 2 rows (x and y) in C order, "
+                f"got {rows.dtype}{rows.shape}"
             )
+        x, y = rows
         if not (_all_finite(x) and _all_finite(y)):
             raise InputError(
                 f"{path}: x and y must be finite, found NaN or infinity (rerun the generate stage: dvc repro)"
@@ -73,6 +74,14 @@ class Dataset:
         if not np.any(x):
             raise InputError(f"{path}: every x is 0, so w cannot be fitted (rerun the generate stage: dvc repro)")
         return cls(x=x, y=y)
+
+
+def npy_header(n: int) -> bytes:
+    """The .npy (format 1.0) header of a (2, n) little-endian float32 array in C order, as NumPy writes it:
+    magic, version, the header's length, then its dict padded with spaces to a multiple of 64 bytes."""
+    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': (2, {n}), }}"
+    text += " " * (-(10 + len(text) + 1) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("ascii")
 
 
 def _all_finite(a: np.ndarray) -> bool:
