@@ -21,21 +21,23 @@ SERVER_DIR ?= .server
 SERVER_PORT ?= 5002
 BENCH_OUT ?= bench/latest.json
 
-# A .pth line in the venv's site-packages: every process its Python starts has the venv's tools on
-# PATH, as `source .venv/bin/activate` gives a shell. DVC starts queue workers as a bare `dvc`, so
-# `.venv/bin/dvc queue start` from a shell without the venv would otherwise start workers that never run.
-VENV_ON_PATH := import os, sys; tools = os.path.dirname(sys.executable); path = os.environ.get("PATH", os.defpath); tools and path.split(os.pathsep)[0] != tools and os.environ.update(PATH=tools + os.pathsep + path)
+# A .pth line in the venv's site-packages: every Python of the venv runs src/gdpipe/core/venv.py's start(),
+# which puts the venv's tools on PATH (DVC starts queue workers as a bare `dvc`) and, in a DVC process of an
+# account with no git identity, names one for DVC's experiment commits only (the user's git config is never
+# written). A copy of the module, not an import of gdpipe: worktrees of other commits share this venv.
+VENV_START := import gdpipe_venv_start; gdpipe_venv_start.start()
 
 .PHONY: help repro test lint check promote serve server server-stop push pull bench ui sweep clean venv pipeline
 
 help:  ## list these targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/' | expand -t 13
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt src/gdpipe/core/venv.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,server]'
-	$(BIN)/python -c 'import sys, sysconfig; open(sysconfig.get_path("purelib") + "/gdpipe-venv-on-path.pth", "w").write(sys.argv[1] + "\n")' '$(VENV_ON_PATH)'
+	site="$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" && \
+		cp src/gdpipe/core/venv.py "$$site/gdpipe_venv_start.py" && echo '$(VENV_START)' > "$$site/gdpipe-venv-start.pth"
 	touch $@
 
 venv: $(STAMP)  ## create .venv with the pinned versions (constraints.txt)

@@ -3,7 +3,9 @@ reaper for child processes. The plain helpers live in support.py."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,15 @@ from support import build_workspace, copy_repo, dvc, load_default_params, with_o
 # several tests. The tests that use one are an xdist_group named after it: `make test` (--dist loadgroup)
 # runs them on one worker, which makes the fixture once instead of once per worker.
 SHARED_FIXTURES = ("team_server", "promoted_repo", "published", "guarded_track_run", "s3")
+
+
+def pytest_configure(config):
+    """The suite depends on no one's git configuration or HOME: git and libgit2 (DVC's experiments) read none of
+    the tester's files. Set before xdist starts its workers, which inherit it. The tester's pip cache stays in use."""
+    home = tempfile.mkdtemp(prefix="gdpipe-tests-home-")
+    config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
+    os.environ.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
+    os.environ.update(HOME=home, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups

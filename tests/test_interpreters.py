@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def interpreters() -> dict[str, tuple[Path, tuple[int, ...]]]:
     if named:
         candidates = [Path(p) for p in named.split(os.pathsep) if p]
     else:
-        pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+        # The account's own home: conftest gives the tests another HOME.
+        pyenv = Path(os.environ.get("PYENV_ROOT") or Path(pwd.getpwuid(os.getuid()).pw_dir) / ".pyenv")
         candidates = [Path("/usr/bin/python3"), *sorted(pyenv.glob("versions/*/bin/python"))]
     found, seen = {}, {Path(sys.executable).resolve()}
     for python in candidates:

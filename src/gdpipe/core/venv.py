@@ -1,0 +1,57 @@
+"""What every Python of the project's venv does as it starts: the Makefile installs `start()` as a .pth line.
+
+- The venv's tools come first on PATH, as `source .venv/bin/activate` gives a shell: DVC starts its queue
+  workers as a bare `dvc`, so `.venv/bin/dvc queue start` from a shell without the venv would otherwise
+  start workers that never run.
+- DVC commits experiments (`dvc exp run` with a changed workspace, `--temp`, the queue, `dvc exp save`)
+  with the user's git identity, and stops with "Git user name and email must be configured" when a new
+  account has none. For a DVC process only, and only when git has no identity, gdpipe names one in the
+  environment (GIT_AUTHOR_* and GIT_COMMITTER_*, which git and DVC read): the user's git config is never
+  written, and a configured identity always wins.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+EXPERIMENT_IDENTITY = ("gdpipe experiments", "experiments@gdpipe.invalid")  # name, email (.invalid: RFC 2606)
+_ROLES = ("GIT_AUTHOR", "GIT_COMMITTER")
+
+
+def start() -> None:
+    """Both settings above, for this process and the ones it starts. Costs nothing outside DVC."""
+    put_tools_on_path()
+    if os.path.basename(sys.argv[0] if sys.argv else "") == "dvc":
+        supply_git_identity()
+
+
+def put_tools_on_path() -> None:
+    """The venv's bin folder first on PATH (once)."""
+    tools = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", os.defpath)
+    if tools and path.split(os.pathsep)[0] != tools:
+        os.environ["PATH"] = tools + os.pathsep + path
+
+
+def supply_git_identity() -> None:
+    """Name gdpipe's experiment identity in the environment for what git's configuration lacks."""
+    if all(f"{role}_{part}" in os.environ for role in _ROLES for part in ("NAME", "EMAIL")):
+        return
+    configured = [_git_config(key) for key in ("user.name", "user.email")]
+    if all(configured):
+        return
+    name, email = (mine or ours for mine, ours in zip(configured, EXPERIMENT_IDENTITY, strict=True))
+    for role in _ROLES:
+        os.environ.setdefault(f"{role}_NAME", name)
+        os.environ.setdefault(f"{role}_EMAIL", email)
+
+
+def _git_config(key: str) -> str:
+    """A value of git's configuration for the current folder ('' when unset, or when there is no git)."""
+    try:
+        done = subprocess.run(["git", "config", "--get", key], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""

@@ -1,0 +1,73 @@
+"""What every Python of the venv does at start (gdpipe.core.venv, installed by make as a .pth line): the tools
+on PATH (tests/test_makefile.py), and a git identity for DVC's experiment commits only when git has none."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gdpipe.core import venv
+
+IDENTITY_KEYS = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A git repository with no identity anywhere (conftest points git's global config at /dev/null)."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    for key in IDENTITY_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    return tmp_path
+
+
+def identity() -> dict[str, str | None]:
+    return {key: os.environ.get(key) for key in IDENTITY_KEYS}
+
+
+def test_no_identity_gets_gdpipes_for_dvcs_commits(repo):
+    venv.supply_git_identity()
+    name, email = venv.EXPERIMENT_IDENTITY
+    assert identity() == dict(zip(IDENTITY_KEYS, (name, email, name, email), strict=True))
+    # git itself now commits with it, and the repository's configuration was not written.
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    author = subprocess.run(["git", "log", "-1", "--format=%an <%ae>"], capture_output=True, text=True, check=True)
+    assert author.stdout.strip() == f"{name} <{email}>"
+    assert "user." not in (repo / ".git" / "config").read_text()
+
+
+def test_a_configured_identity_wins(repo):
+    subprocess.run(["git", "config", "user.name", "Ada"], check=True)
+    subprocess.run(["git", "config", "user.email", "ada@example.org"], check=True)
+    venv.supply_git_identity()
+    assert identity() == dict.fromkeys(IDENTITY_KEYS)
+
+
+def test_half_an_identity_keeps_the_half_it_has(repo):
+    subprocess.run(["git", "config", "user.name", "Ada"], check=True)
+    venv.supply_git_identity()
+    assert identity() == {
+        "GIT_AUTHOR_NAME": "Ada",
+        "GIT_AUTHOR_EMAIL": venv.EXPERIMENT_IDENTITY[1],
+        "GIT_COMMITTER_NAME": "Ada",
+        "GIT_COMMITTER_EMAIL": venv.EXPERIMENT_IDENTITY[1],
+    }
+
+
+def test_an_identity_in_the_environment_is_left_alone(repo, monkeypatch):
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Bob")
+    venv.supply_git_identity()
+    assert os.environ["GIT_AUTHOR_NAME"] == "Bob" and os.environ["GIT_COMMITTER_NAME"] == venv.EXPERIMENT_IDENTITY[0]
+
+
+@pytest.mark.parametrize(
+    ("argv0", "supplied"), [("/x/.venv/bin/dvc", True), ("/x/.venv/bin/mlflow", False), ("", False)]
+)
+def test_only_dvc_processes_get_an_identity(repo, monkeypatch, argv0, supplied):
+    monkeypatch.setattr(sys, "argv", [argv0])
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # start() also puts the tools on PATH: restored afterwards
+    venv.start()
+    assert (os.environ.get("GIT_AUTHOR_NAME") == venv.EXPERIMENT_IDENTITY[0]) is supplied
