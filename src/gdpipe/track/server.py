@@ -424,13 +424,11 @@ def main(argv=None):
 
 
 def _nothing_runs(stack: Stack) -> str:
-    others = [Stack(folder) for folder in _running_servers()]
-    if others:
-        return f"nothing runs in {stack.folder}; a server runs in {others[0].folder}: {_stop_command(others[0])}"
-    return (
-        f"nothing runs in {stack.folder}: a server started with another SERVER_DIR stops with "
-        "make server-stop SERVER_DIR=<that folder>"
-    )
+    """What server-stop says when it found no server in its folder: where it looked, and where servers run."""
+    found = [f"a server runs in {other.folder}: {_stop_command(other)}" for other in map(Stack, _running_servers())]
+    if not found:
+        found = ["a server started with another SERVER_DIR stops with make server-stop SERVER_DIR=<that folder>"]
+    return "; ".join([f"nothing runs in {stack.folder}", *found])
 
 
 if __name__ == "__main__":
