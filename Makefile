@@ -83,7 +83,7 @@ serve: $(STAMP)  ## serve the champion (SERVE_VARIANT=torch) on http://127.0.0.1
 server: $(STAMP)  ## a team tracking server: MLflow on PostgreSQL, on http://127.0.0.1:5002 (SERVER_PORT)
 	$(TEAM_SERVER) start --dir '$(SERVER_DIR)' --port $(SERVER_PORT) $(if $(filter 1,$(SERVER_AUTH)),--auth)
 
-server-stop: $(STAMP)  ## stop what make server started; its data stays in .server/ for the next start
+server-stop: $(STAMP)  ## stop what make server started (the same SERVER_DIR); its data stays for the next start
 	$(TEAM_SERVER) stop --dir '$(SERVER_DIR)'
 
 # DVC's push and pull of the default remote (.dvc/config; docs/remote.md), run-cache included; a
