@@ -21,7 +21,7 @@ SERVER_DIR ?= .server
 SERVER_PORT ?= 5002
 BENCH_OUT ?= bench/latest.json
 
-# A .pth line in the venv's site-packages: every Python of the venv runs src/gdpipe/core/venv.py's start(),
+# A .pth line in the venv's site-packages: every Python of the venv runs src/gdpipe/venv.py's start(),
 # which puts the venv's tools on PATH (DVC starts queue workers as a bare `dvc`) and, in a DVC process of an
 # account with no git identity, names one for DVC's experiment commits only (the user's git config is never
 # written). A copy of the module, not an import of gdpipe: worktrees of other commits share this venv.
@@ -32,12 +32,12 @@ VENV_START := import gdpipe_venv_start; gdpipe_venv_start.start()
 help:  ## list these targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/' | expand -t 13
 
-$(STAMP): pyproject.toml constraints.txt src/gdpipe/core/venv.py
+$(STAMP): pyproject.toml constraints.txt src/gdpipe/venv.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,server]'
 	site="$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" && \
-		cp src/gdpipe/core/venv.py "$$site/gdpipe_venv_start.py" && echo '$(VENV_START)' > "$$site/gdpipe-venv-start.pth"
+		cp src/gdpipe/venv.py "$$site/gdpipe_venv_start.py" && echo '$(VENV_START)' > "$$site/gdpipe-venv-start.pth"
 	touch $@
 
 venv: $(STAMP)  ## create .venv with the pinned versions (constraints.txt)

@@ -1,4 +1,4 @@
-"""What every Python of the venv does at start (gdpipe.core.venv, installed by make as a .pth line): the tools
+"""What every Python of the venv does at start (gdpipe.venv, installed by make as a .pth line): the tools
 on PATH (tests/test_makefile.py), and a git identity for DVC's experiment commits only when git has none."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from gdpipe.core import venv
+from gdpipe import venv
 
 IDENTITY_KEYS = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
 
