@@ -42,14 +42,19 @@ $(STAMP): pyproject.toml constraints.txt src/gdpipe/venv.py
 
 venv: $(STAMP)  ## create .venv with the pinned versions (constraints.txt)
 
-# For repro and check: a bad params.yaml stops at the first line, before DVC removes any stage's outputs.
+# For repro, check and promote: a bad params.yaml stops at the first line, before DVC removes any stage's
+# outputs. DVC reruns track for a new result only; the last line publishes the current one to the store
+# named now (MLFLOW_TRACKING_URI) when runs.json says it is not there yet (src/gdpipe/track/where.py).
+WHERE := PYTHONPATH=src $(BIN)/python -m gdpipe.track.where
+
 pipeline: $(STAMP)
 	PYTHONPATH=src $(BIN)/python -m gdpipe.core.config params.yaml
 	$(BIN)/dvc repro
+	$(WHERE) publish
 
 repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 	PYTHONPATH=src $(BIN)/python -m gdpipe.summary metrics.json
-	@echo "Both runs are in MLflow: make ui, then open http://127.0.0.1:$(UI_PORT)/#/experiments/1?workflowType=machine_learning"
+	@$(WHERE) show --ui http://127.0.0.1:$(UI_PORT)
 
 # Two workers: most of the suite waits on real dvc, MLflow and server processes. loadgroup keeps
 # the tests of one xdist_group on one worker, which makes their shared fixture once (the team

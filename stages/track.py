@@ -13,6 +13,7 @@ from gdpipe.core.artifacts import Dataset, train_outputs
 from gdpipe.core.command import run_command
 from gdpipe.core.files import read_json, write_json
 from gdpipe.track.record import build_record, lineage_tags
+from gdpipe.track.where import repo_root, tracking_uri
 
 
 def main(argv=None):
@@ -45,9 +46,9 @@ def main(argv=None):
         )
         for variant, (model, history) in train_outputs(args.models, args.histories).items()
     ]
-    from gdpipe.track import publish, store  # only now: mlflow takes a second to import, bad input fails before it
+    from gdpipe.track import publish  # only now: mlflow takes a second to import, bad input fails before it
 
-    uri = store.tracking_uri(store.repo_root())
+    uri = tracking_uri(repo_root())
     published = publish.publish(records, Dataset.load(args.data), params.track.experiment, params.track.model_name, uri)
     write_json(args.runs, published)
     experiment = params.track.experiment

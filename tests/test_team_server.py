@@ -41,6 +41,7 @@ from support import (
     publish_forked,
     run_track,
     src_env,
+    stages_run,
     start_track,
     wait_for,
     with_overrides,
@@ -317,3 +318,29 @@ def test_the_password_appears_nowhere(team_server, result, tmp_path):
         cursor.execute("SHOW listen_addresses")
         assert cursor.fetchone() == ("",)  # the database is on its socket only, never on the network
     connection.close()
+
+
+def test_make_repro_publishes_a_cached_result_to_the_server_a_user_names(team_server, own_reproduced_repo, monkeypatch):
+    """The user's report: after a local make repro, `export MLFLOW_TRACKING_URI=<server>` and make repro again.
+    DVC has every stage cached, yet the result goes to the server, its last line names the server (without the
+    password in the URI, which runs.json does not hold either), and a second make repro publishes nothing."""
+    repo = own_reproduced_repo
+    uri_with_password = team_server.url.replace("://", f"://{ADMIN}:{PASSWORD}@")
+    env = child_env(MLFLOW_TRACKING_URI=uri_with_password)
+    done = make(repo, "repro", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert stages_run(done.stdout) == {"track"} and done.stdout.count(": new run ") == 2
+    client = team_server.client(monkeypatch)
+    experiment = client.get_experiment_by_name("gradient-descent").experiment_id
+    view = f"{team_server.url}/#/experiments/{experiment}?workflowType=machine_learning"
+    assert done.stdout.endswith(f"Both runs are in MLflow at {team_server.url}: open {view}\n")
+    published = json.loads((repo / "published.json").read_text())
+    runs = client.search_runs([experiment])
+    assert {run.data.tags["variant"]: run.data.tags["gdpipe.fingerprint"] for run in runs} == {
+        variant: published[variant]["fingerprint"] for variant in VARIANTS
+    }
+    assert PASSWORD not in done.stdout + done.stderr + (repo / "runs.json").read_text()
+    again = make(repo, "repro", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert stages_run(again.stdout) == set() and again.stdout.endswith(f"{view}\n")
+    assert len(client.search_runs([experiment])) == 2

@@ -291,7 +291,7 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
 
 
 def test_credentials_in_the_uri_are_never_shown():
-    from gdpipe.track.store import redact
+    from gdpipe.track.where import redact
 
     assert redact("https://alice:s3cret@mlflow.example.org:8443/") == "https://mlflow.example.org:8443/"
     assert redact("http://alice:s3cret@[::1]:5000") == "http://[::1]:5000"

@@ -3,7 +3,8 @@
     record.py        what one variant's run holds, gathered from the stage outputs (no MLflow)
     publish.py       the store, one run per variant and result, its metrics, artifacts, model and status
     registry.py      model versions, the challenger and champion aliases; `promote` and `serve`
-    store.py         where the store is, how its writers take turns, how to name it without secrets
+    store.py         how the store's writers take turns, its failures in words, a half-built sqlite store
+    where.py         where the store is, its name without secrets, whether it holds the current result (no MLflow)
     pyfunc_model.py  the trained line as an MLflow pyfunc model (logged as code, so MLflow imports it too)
 
 Importing this package first gives MLflow the settings it reads, before mlflow itself is imported:

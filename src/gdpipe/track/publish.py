@@ -33,13 +33,13 @@ from gdpipe.track.store import (
     STORE_ERRORS,
     first_line,
     half_built,
-    redact,
     remove_store,
     retried_if_raced,
     sqlite_file,
     store_failure,
     store_lock,
 )
+from gdpipe.track.where import redact
 
 FINGERPRINT_TAG = "gdpipe.fingerprint"
 HEARTBEAT_TAG = "gdpipe.heartbeat"  # a RUNNING run's last sign of life (ms since the epoch), gone once FINISHED

@@ -25,7 +25,8 @@ from gdpipe.core import config
 from gdpipe.core.command import InputError, run_command, signals_held
 from gdpipe.core.files import file_sha256, read_json
 from gdpipe.track.record import RunRecord
-from gdpipe.track.store import STORE_ERRORS, redact, repo_root, retried_if_raced, store_failure, tracking_uri
+from gdpipe.track.store import STORE_ERRORS, retried_if_raced, store_failure
+from gdpipe.track.where import not_current, redact, repo_root, tracking_uri
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 EXIT_NOT_PROMOTED = 1
@@ -120,19 +121,10 @@ def _champion(client: MlflowClient, name: str) -> str | None:
 
 def current_result(runs_path: Path, published_path: Path, uri: str) -> dict[str, dict]:
     """runs.json, checked to be of the result DVC last published (published.json) and of this store."""
-    runs, published = read_json(runs_path), read_json(published_path)
-    entries = runs.values() if isinstance(runs, dict) else ()
-    if not entries or not all(isinstance(run, dict) and "model_version" in run for run in entries):
-        raise InputError(f"{runs_path}: not written by this version of the track stage; run make repro")
-    for variant, run in runs.items():
-        if run.get("fingerprint") != published.get(variant, {}).get("fingerprint"):
-            raise InputError(f"{runs_path} is not of the current result ({published_path}); run make repro")
-        if run.get("tracking_uri") != redact(uri):
-            raise InputError(
-                f"{runs_path}: the runs are in {run.get('tracking_uri')}, not in {redact(uri)}; "
-                "publish there first: .venv/bin/dvc repro -f -s track"
-            )
-    return runs
+    reason = not_current(runs_path, published_path, uri)
+    if reason is not None:
+        raise InputError(f"{reason}: run make promote, which publishes the current result there first")
+    return read_json(runs_path)
 
 
 def read_verdict(verdict_path: Path, metrics_path: Path) -> dict:

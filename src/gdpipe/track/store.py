@@ -1,4 +1,4 @@
-"""Where the MLflow store is, how its writers take turns, and how to name it without its secrets."""
+"""The MLflow store as its writers meet it: how they take turns, its failures in words, a half-built sqlite file."""
 
 from __future__ import annotations
 
@@ -10,38 +10,19 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
 from gdpipe.core.command import InputError
+from gdpipe.track.where import redact
 
 # What a failing store raises through MLflow's API: MLflow's own errors, and for a sqlite store the
 # database's (SQLAlchemy's) and the file system's.
 STORE_ERRORS = (MlflowException, SQLAlchemyError, OSError)
 RACE_TRIES = 3  # a call that lost an insert race finds the winner's row when made again; one more in reserve
 T = TypeVar("T")
-
-
-def tracking_uri(root: Path) -> str:
-    """MLFLOW_TRACKING_URI when set (a team's server), else the embedded sqlite store in `root`/mlruns."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-
-
-def repo_root() -> Path:
-    """The real repository: DVC_ROOT under DVC (which names the main repo also for queued runs), else here."""
-    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
-
-
-def redact(uri: str) -> str:
-    """The URI without a password or token, fit to print or record."""
-    parts = urlsplit(uri)
-    if not (parts.username or parts.password):
-        return uri
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
-    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
 def sqlite_file(uri: str) -> Path | None:
