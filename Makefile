@@ -2,7 +2,11 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
-BIN := $(VENV)/bin
+# The venv's tools by the venv's real path (quoted: a clone's path may hold spaces). In a folder whose path
+# has a '%', .venv links to a venv in the user's cache instead: MLflow cannot create a store from a venv whose
+# path has one (it hands its migrations' folder to alembic's config, where '%' starts a template).
+BIN := "$$(readlink -f $(VENV))/bin"
+VENV_IN_CACHE = "$${XDG_CACHE_HOME:-$$HOME/.cache}/gdpipe/venv-$$(printf %s "$$PWD" | md5sum | cut -c1-12)"
 STAMP := $(VENV)/.installed
 
 # Nothing phones home: no DVC analytics or update checks, no MLflow telemetry. MLflow's servers
@@ -33,7 +37,9 @@ help:  ## list these targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/' | expand -t 13
 
 $(STAMP): pyproject.toml constraints.txt src/gdpipe/venv.py
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || case "$$PWD" in \
+		*%*) $(PYTHON) -m venv $(VENV_IN_CACHE) && ln -sfn $(VENV_IN_CACHE) $(VENV);; \
+		*) $(PYTHON) -m venv $(VENV);; esac
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,server]'
 	site="$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" && \
@@ -119,4 +125,4 @@ sweep: $(STAMP)  ## a learning-rate sweep (SWEEP_LRS) as queued DVC experiments
 	$(BIN)/dvc exp show --no-pager --drop '.*' --keep 'Experiment|train\.lr|(numpy|torch)\.loss'
 
 clean:  ## remove .venv and the test caches (after a wrong Python, say)
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache
+	rm -rf "$$(readlink -f $(VENV))" $(VENV) .pytest_cache .hypothesis .ruff_cache
