@@ -97,8 +97,9 @@ server: $(STAMP)  ## a team tracking server: MLflow on PostgreSQL, on http://127
 server-stop: $(STAMP)  ## stop what make server started (the same SERVER_DIR); its data stays for the next start
 	$(TEAM_SERVER) stop --dir '$(SERVER_DIR)'
 
-# DVC's push and pull of the default remote (.dvc/config; docs/remote.md), run-cache included; a
-# failure is one line naming the remote. A pull changes the workspace only once every file has arrived.
+# DVC's push and pull of the default remote (.dvc/config; docs/remote.md), run-cache included (the push
+# also sends the outputs of every run it records); a failure is one line naming the remote. A pull
+# changes the workspace only once every file has arrived.
 REMOTE := PYTHONPATH=src $(BIN)/python -m gdpipe.remote
 
 push: $(STAMP)  ## send data, histories, models, the plot and DVC's run-cache to the DVC remote

@@ -1,9 +1,10 @@
-"""DVC remotes: make push and make pull through a local folder on a fresh clone (nothing trained, every
-output byte-identical), the same through S3 (a local moto server), and each bad remote in one line with
-the workspace left as it was."""
+"""DVC remotes: make push, then make pull or dvc repro --pull on fresh clones through a local folder (nothing
+trained, every output byte-identical, also for a result only the run-cache records), the same through S3 (a
+local moto server), and each bad remote in one line with the workspace left as it was."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -22,9 +23,12 @@ from support import (
     dvc,
     files_under,
     free_port,
+    load_default_params,
     make,
     src_env,
     stages_run,
+    with_overrides,
+    write_yaml,
 )
 
 BUCKET = "gdpipe"
@@ -58,19 +62,77 @@ def workspace(repo: Path) -> dict[str, bytes]:
 
 
 # --- the default remote: a local folder ----------------------------------------------------------
+# What docs/remote.md shows, on fresh git clones of a copy that pushed two results: the committed one, and
+# one it tried (train.lr 0.1) and left, which only DVC's run-cache records. Every test asserts that nothing
+# was trained: DVC's own lines, and no history/*.timing.json, which train.py writes whenever it trains.
+
+TRIED = {"train.lr": 0.1}
 
 
-def test_a_fresh_clone_pulls_and_repro_restores_every_output_byte_identical_training_nothing(
+@pytest.fixture(scope="module")
+def pushed(reproduced_repo, tmp_path_factory, empty_store) -> dict:
+    """A reproduced copy that tried TRIED, went back to the committed result and ran `make push`: the copy
+    (its default remote is the folder gdpipe-storage beside it), make's output, and both results' files."""
+    origin = tmp_path_factory.mktemp("pushed") / "repo"
+    shutil.copytree(reproduced_repo, origin, symlinks=True)
+    shutil.rmtree(origin / "mlruns")  # the store's experiment points at the original's artifact folder
+    empty_store(origin / "mlruns" / "mlflow.db")
+    (origin / "mlruns" / ".gitkeep").touch()
+    committed = files(origin, [*OUTPUTS, "dvc.lock"])
+    write_yaml(origin / "params.yaml", with_overrides(load_default_params(), TRIED))
+    assert stages_run(dvc(origin, "repro").stdout) == {"train@numpy", "train@torch", "evaluate", "track"}
+    tried = files(origin, [*OUTPUTS, "dvc.lock", "params.yaml"])
+    git(origin, "checkout", "--", "params.yaml", "dvc.lock", "metrics.json")
+    dvc(origin, "checkout")
+    return {"origin": origin, "push": make(origin, "push"), "committed": committed, "tried": tried}
+
+
+def fresh_clone(pushed: dict, name: str) -> Path:
+    """A git clone beside the pushing copy: its committed default remote is the same folder."""
+    return clone(pushed["origin"], pushed["origin"].parent / name)
+
+
+def files(repo: Path, names: list[str]) -> dict[str, bytes]:
+    return {name: (repo / name).read_bytes() for name in names}
+
+
+def trained(repo: Path) -> list[str]:
+    """The timing files train.py wrote in `repo`, one per variant it trained there (git-ignored, never pushed)."""
+    return [path.name for path in (repo / "history").glob("*.timing.json")]
+
+
+def test_make_push_sends_every_output_the_run_cache_records_metrics_json_included(pushed):
+    done, storage = pushed["push"], pushed["origin"].parent / "gdpipe-storage"
+    assert done.returncode == 0, done.stdout + done.stderr
+    # dvc push --run-cache alone sends the run-cache's records and the committed result's 6 cached outputs:
+    # neither the tried result's outputs nor the metrics.json DVC keeps for each record.
+    objects = {
+        hashlib.md5(result[name]).hexdigest()
+        for result in (pushed["committed"], pushed["tried"])
+        for name in [*CACHED, "metrics.json"]
+    }
+    for md5 in objects:
+        assert (storage / "files" / "md5" / md5[:2] / md5[2:]).is_file(), md5
+    records = list((storage / "runs").glob("*/*/*"))  # generate, and train@numpy, train@torch, evaluate twice
+    assert len(records) == 7
+    assert f"push: remote 'storage' ({storage}): {len(objects) + len(records)} files pushed" in done.stdout
+    assert git(pushed["origin"], "status", "--porcelain") == ""  # the push's temporary .dvc file is gone
+
+
+def test_make_push_still_sends_the_result_when_dvc_gc_removed_what_only_the_run_cache_names(
     own_reproduced_repo, tmp_path
 ):
-    origin = own_reproduced_repo  # tmp_path/repo: its default remote is tmp_path/gdpipe-storage
-    pushed = make(origin, "push")
-    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    # dvc gc -w keeps the run-cache's records but removes the metrics.json copy that only evaluate's names.
+    dvc(own_reproduced_repo, "gc", "--workspace", "--force")
+    done = run_remote(own_reproduced_repo, "push")
+    assert done.returncode == 0, done.stdout + done.stderr
     storage = tmp_path / "gdpipe-storage"
-    assert f"push: remote 'storage' ({storage}): 10 files pushed" in pushed.stdout  # 6 outputs, 4 run-cache entries
-    assert len(list((storage / "runs").glob("*/*/*"))) == 4  # generate, train@numpy, train@torch, evaluate
+    assert done.stdout == f"push: remote 'storage' ({storage}): 10 files pushed\n"  # 6 outputs, 4 records
 
-    fresh = clone(origin, tmp_path / "clone")
+
+def test_make_pull_then_make_repro_trains_nothing_and_restores_every_output_byte_identical(pushed):
+    storage = pushed["origin"].parent / "gdpipe-storage"
+    fresh = fresh_clone(pushed, "pull-then-repro")
     pulled = make(fresh, "pull")
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     assert f"pull: remote 'storage' ({storage}): " in pulled.stdout and "6 outputs checked out" in pulled.stdout
@@ -79,9 +141,8 @@ def test_a_fresh_clone_pulls_and_repro_restores_every_output_byte_identical_trai
     # Every cached stage is up to date; track runs, as on any fresh clone: its output, published.json, is
     # deliberately not cached (dvc.yaml), so the clone publishes to its own MLflow store.
     assert stages_run(repro.stdout) == {"track"}, repro.stdout
-    for name in OUTPUTS:
-        assert (fresh / name).read_bytes() == (origin / name).read_bytes(), name
-    assert git(fresh, "status", "--porcelain") == ""
+    assert files(fresh, [*OUTPUTS, "dvc.lock"]) == pushed["committed"]
+    assert git(fresh, "status", "--porcelain") == "" and trained(fresh) == []
 
     # An output changed here is never overwritten: the pull stops in one line and leaves it as it is.
     (fresh / "models" / "numpy.json").write_text('{"w": 3.0}\n')
@@ -90,6 +151,34 @@ def test_a_fresh_clone_pulls_and_repro_restores_every_output_byte_identical_trai
     assert done.returncode == 2, done.stdout + done.stderr
     assert_one_error_line(done.stderr, f"remote 'storage' ({storage})", "models/numpy.json", "--force")
     assert workspace(fresh) == before
+
+
+def test_dvc_repro_pull_on_a_fresh_clone_trains_nothing_and_leaves_git_clean(pushed):
+    fresh = fresh_clone(pushed, "repro-pull")
+    done = dvc(fresh, "repro", "--pull")
+    # Every output is pulled, none made: not even published.json, as --pull takes an output it finds missing
+    # for data to pull, and there is none for an uncached one; the next make repro publishes.
+    assert stages_run(done.stdout) == set(), done.stdout
+    assert "Some of the cache files do not exist" not in done.stdout + done.stderr
+    assert files(fresh, [*CACHED, "metrics.json", "dvc.lock"]) == {
+        name: pushed["committed"][name] for name in [*CACHED, "metrics.json", "dvc.lock"]
+    }
+    assert git(fresh, "status", "--porcelain") == "" and trained(fresh) == []
+
+
+def test_dvc_repro_pull_brings_a_result_the_run_cache_records_training_nothing(pushed):
+    """docs/remote.md: after make pull, set a train.lr a teammate pushed and run dvc repro --pull."""
+    fresh = fresh_clone(pushed, "run-cache")
+    assert make(fresh, "pull").returncode == 0
+    write_yaml(fresh / "params.yaml", with_overrides(load_default_params(), TRIED))
+    done = dvc(fresh, "repro", "--pull")
+    assert stages_run(done.stdout) == {"track"}, done.stdout  # its params changed
+    for name in ("train@numpy", "train@torch", "evaluate"):
+        assert f"Stage '{name}' is cached - skipping run, checking out outputs" in done.stdout, done.stdout
+    assert "Some of the cache files do not exist" not in done.stdout + done.stderr
+    # The same files, dvc.lock included, as the copy that tried this learning rate had.
+    assert files(fresh, [*OUTPUTS, "dvc.lock", "params.yaml"]) == pushed["tried"]
+    assert trained(fresh) == []
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +284,7 @@ def test_push_to_s3_and_pull_back_with_a_credentials_file(s3, own_reproduced_rep
     set_remote(repo, url, endpointurl=s3["endpoint"])
     done = run_remote(repo, "push", aws_env(AWS_ACCESS_KEY_ID=s3["id"], AWS_SECRET_ACCESS_KEY=s3["secret"]))
     assert done.returncode == 0, done.stderr
-    assert done.stdout == f"push: remote 'mine' ({url}): 10 files pushed\n"
+    assert done.stdout == f"push: remote 'mine' ({url}): 11 files pushed\n"  # 6 outputs, metrics.json, 4 records
 
     # Everything DVC has here goes; the pull brings it back with the key in a file DVC's credentialpath names.
     expected = {name: (repo / name).read_bytes() for name in OUTPUTS}

@@ -1,7 +1,7 @@
 """make push and make pull: DVC's push and pull of the default remote, run-cache included, each ending in
 one line that names the remote and what happened.
 
-    python -m gdpipe.remote push    # dvc push --run-cache
+    python -m gdpipe.remote push    # dvc push --run-cache, also the outputs the run-cache records
     python -m gdpipe.remote pull    # dvc fetch --run-cache, then dvc checkout
 
 DVC is run through its command line (`python -m dvc`), its output kept; a failure becomes one line
@@ -12,10 +12,17 @@ arrived, and `dvc checkout` without --force never overwrites an output that was 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from ruamel.yaml import YAML
 
 from gdpipe.core.command import InputError, run_command
 
@@ -71,14 +78,42 @@ def default_remote() -> tuple[str, str]:
 
 
 def push(name: str, url: str) -> str:
-    """dvc push --run-cache; DVC's summary, or InputError."""
+    """dvc push --run-cache, with every output the run-cache records; DVC's summary, or InputError."""
     where = f"remote '{name}' ({url})"
     if _is_local(url) and not Path(url).parent.is_dir():
         raise InputError(
             f"{where}: {Path(url).parent} does not exist (not mounted?): mount it, or point the remote elsewhere "
             f"with `dvc remote modify --local {name} url PATH`"
         )
-    return _summary(_run(name, where, "push", "--run-cache", missing=NOT_HERE))
+    # dvc push --run-cache sends the run records, not their outputs: dvc repro --pull would rerun those stages.
+    with _naming_run_cache_outputs():
+        return _summary(_run(name, where, "push", "--run-cache", missing=NOT_HERE))
+
+
+@contextlib.contextmanager
+def _naming_run_cache_outputs() -> Iterator[None]:
+    """While open, a .dvc file in a temporary folder here names each output that DVC's run-cache records and
+    its cache holds (results no dvc.lock names, and the metrics.json DVC caches for the run-cache only), so
+    that `dvc push` sends them too. DVC ignores a git-ignored .dvc file, so the folder is not one."""
+    listed = _dvc("cache", "dir")
+    if listed.returncode != 0:
+        raise InputError(f"dvc cache dir failed: {_first_error(listed)}")
+    cache = Path(listed.stdout.strip())
+    outs = {}
+    for record in sorted(cache.glob("runs/*/*/*")):
+        for out in YAML(typ="safe").load(record.read_text()).get("outs", []):
+            md5 = out.get("md5", "")
+            if out.get("hash") == "md5" and (cache / "files" / "md5" / md5[:2] / md5[2:]).is_file():
+                outs[md5] = {key: out[key] for key in ("md5", "size", "nfiles", "hash") if key in out} | {"path": md5}
+    if not outs:
+        yield
+        return
+    folder = Path(tempfile.mkdtemp(prefix=".gdpipe-push-", dir="."))
+    try:
+        (folder / "run-cache.dvc").write_text(json.dumps({"outs": list(outs.values())}, indent=1) + "\n")
+        yield
+    finally:
+        shutil.rmtree(folder)
 
 
 def pull(name: str, url: str) -> str:
