@@ -10,12 +10,14 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
+from gdpipe.core import store_uri
 from gdpipe.core.command import InputError
+from gdpipe.core.store_uri import redact
 
 # What a failing store raises through MLflow's API: MLflow's own errors, and for a sqlite store the
 # database's (SQLAlchemy's) and the file system's.
@@ -25,23 +27,21 @@ T = TypeVar("T")
 
 
 def tracking_uri(root: Path) -> str:
-    """MLFLOW_TRACKING_URI when set (a team's server), else the embedded sqlite store in `root`/mlruns."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI when set (a team's server), else the embedded sqlite store in `root`/mlruns.
+
+    One that cannot be parsed is an InputError without its secrets, before MLflow prints it in a traceback.
+    """
+    uri = os.environ.get(store_uri.VARIABLE)
+    try:
+        store_uri.check(uri)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    return uri or f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
 
 
 def repo_root() -> Path:
     """The real repository: DVC_ROOT under DVC (which names the main repo also for queued runs), else here."""
     return Path(os.environ.get("DVC_ROOT") or ".").resolve()
-
-
-def redact(uri: str) -> str:
-    """The URI without a password or token, fit to print or record."""
-    parts = urlsplit(uri)
-    if not (parts.username or parts.password):
-        return uri
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
-    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -100,7 +100,7 @@ def first_line(err: BaseException, uri: str) -> str:
     """The first line of an error, fit to print: MLflow's messages repeat the URI, password included."""
     text = str(err).strip()
     line = (text.splitlines()[0] if text else type(err).__name__).replace(uri, redact(uri))
-    password = urlsplit(uri).password
+    password = store_uri.credentials(uri)[1]
     secrets = (
         password,
         password and unquote(password),
@@ -131,7 +131,8 @@ def explain(err: BaseException, uri: str) -> str:
     where = sqlite_file(uri)
     if "UNAUTHENTICATED" in codes:
         credentials = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-        if urlsplit(uri).username or any(os.environ.get(f"MLFLOW_TRACKING_{key}") for key in ("USERNAME", "TOKEN")):
+        user = store_uri.credentials(uri)[0] or os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if user or os.environ.get("MLFLOW_TRACKING_TOKEN"):
             return f"refused the credentials (401 Unauthorized): check {credentials}"
         return f"asks for credentials (401 Unauthorized): export {credentials}"
     if "PERMISSION_DENIED" in codes:
