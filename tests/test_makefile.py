@@ -1,5 +1,5 @@
 """The Makefile as a user meets it: `make help`, what `make ui` binds, the venv on PATH, `make promote` and `make ui`
-from a path with a space."""
+from a path with a space, make sweep from a folder whose path is not ASCII."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO, VENV_BIN, make, served, stages_run
+from support import REPO, VENV_BIN, copy_repo, make, served, stages_run
 
 
 def test_the_mlflow_ui_listens_on_localhost_unless_the_user_asks_otherwise():
@@ -93,3 +93,17 @@ def test_the_venvs_python_puts_its_tools_first_on_path_as_activating_it_would(pa
     command = [str(VENV_BIN / "python"), "-c", "import os; print(os.environ['PATH'])"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == expected
+
+
+def test_make_sweep_in_a_folder_whose_path_is_not_ascii_stops_at_once_with_the_cause(tmp_path):
+    """DVC's experiment executor writes the cache's path into its copy's config as ASCII: in such a folder every
+    queued run failed, said only in a worker's log (.dvc/tmp/exps/celery/*.out). make sweep says it first and
+    queues nothing."""
+    repo = copy_repo(tmp_path / "é" / "project")
+    done = make(repo, "sweep", "SWEEP_LRS=0.05", timeout=600)
+    assert done.returncode == 2
+    error, make_line = done.stderr.splitlines()
+    assert error.startswith("gdpipe: error: make sweep: DVC's queued experiments fail in a folder whose path is not ")
+    assert f"({repo.resolve()})" in error and "clone or move the project to an ASCII path" in error
+    assert make_line.endswith("Error 2") and "Queued experiment" not in done.stdout
+    assert not (repo / ".dvc" / "tmp" / "exps").exists()

@@ -3,15 +3,22 @@ needs no network."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from mlflow import MlflowClient
 
+from gdpipe.core import store_uri
+from gdpipe.track.store import redact
 from support import (
     REPO,
     assert_one_error_line,
@@ -112,3 +119,85 @@ def test_a_password_in_the_tracking_uri_or_the_environment_is_never_printed(own_
     assert code == 2
     assert_one_error_line(stderr, f"MLflow tracking store http://127.0.0.1:{port} refused the connection")
     assert "s3cret" not in stderr and "alice" not in stderr, stderr
+
+
+# A tracking URI with a password that urllib cannot parse: MLflow's traceback printed it whole.
+MALFORMED_URIS = {
+    "a typo in the port": ("http://alice:s3cret-pw@127.0.0.1:50x2", "its port is not a number"),
+    "a port out of range": ("http://alice:s3cret-pw@127.0.0.1:99999", "its port is out of range"),
+    "an unclosed bracket": ("http://alice:s3cret-pw@[::1:5002", "an IPv6 address must be one bracketed host"),
+    "a '/' in the password": ("http://alice:s3cret/pw@127.0.0.1:5002", "its port is not a number"),
+}
+
+
+@pytest.mark.parametrize(("uri", "why"), MALFORMED_URIS.values(), ids=MALFORMED_URIS)
+def test_a_tracking_uri_that_cannot_be_parsed_is_one_line_without_its_password_before_anything_runs(
+    own_workspace, uri, why
+):
+    """The config check (make repro's first step) and the track stage, each a child: one line, exit 2, the host
+    named, no password and no user name; the stage writes no output."""
+    env = src_env(MLFLOW_TRACKING_URI=uri)
+    check = subprocess.run(
+        [sys.executable, "-m", "gdpipe.core.config", "params.yaml"],
+        cwd=own_workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    done = run_track(own_workspace, env)
+    for process in (check, done):
+        assert process.returncode == 2, process.stderr
+        assert_one_error_line(process.stderr, "MLFLOW_TRACKING_URI=http://", "cannot be parsed", why, "%2F")
+        assert "s3cret" not in process.stderr and "alice" not in process.stderr, process.stderr
+    assert "(credentials not shown)" in done.stderr
+    assert not (own_workspace / "runs.json").exists() and not (own_workspace / "published.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("uri", "redacted"),
+    [
+        ("http://alice:s3cret@127.0.0.1:50x2", "http://127.0.0.1:50x2"),
+        ("http://alice:s3cret@[::1:5002", "http://[::1:5002"),
+        ("http://alice:s3/cr#et@host:5002/path", "http://host:5002/path"),  # '/' and '#' not percent-encoded
+        ("postgresql://alice:p@ss@db.example.org/mlflow", "postgresql://db.example.org/mlflow"),
+        ("https://token@mlflow.example.org/", "https://mlflow.example.org/"),
+        ("sqlite:////tmp/a@b/mlflow.db", "sqlite:////tmp/a@b/mlflow.db"),  # no authority: an '@' in a path stays
+        ("databricks", "databricks"),
+    ],
+)
+def test_redaction_keeps_the_host_and_drops_the_credentials(uri, redacted):
+    assert redact(uri) == redacted
+
+
+TEXT = st.text(st.characters(codec="utf-8"), max_size=30)
+
+
+@settings(max_examples=500, deadline=None)
+@given(scheme=TEXT, user=TEXT, password=TEXT, rest=TEXT)
+def test_redaction_never_shows_the_password(scheme, user, password, rest):
+    """Any text before `://`, any user name and password (unencoded '/', '@', '#', ':' or '[' included), anything
+    after the `@`: the redacted URI never holds the password."""
+    secret = f"\N{SECTION SIGN}{password}"
+    assume("\N{SECTION SIGN}" not in scheme + user + rest)
+    assume(not user.startswith(("/", "?", "#")))  # then `://` opens no authority: a path (sqlite:////...), no user
+    assert secret not in redact(f"{scheme}://{user}:{secret}@{rest}")
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(st.characters(codec="utf-8"), max_size=60) | st.from_regex(r"\A[a-z]+://[^@]*@.*\Z"))
+def test_redaction_and_the_check_never_crash_on_any_string(text):
+    redact(text)
+    store_uri.credentials(text)
+    with contextlib.suppress(ValueError):  # the check's one refusal: a ValueError with the line
+        store_uri.check(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(uri=TEXT.map(lambda rest: f"http://alice:\N{SECTION SIGN}pw@{rest}"))
+def test_the_line_for_any_unparsable_uri_holds_no_password(uri):
+    """What the config check prints for a URI it refuses: one line, never the password."""
+    try:
+        store_uri.check(uri)
+    except ValueError as err:
+        line = str(err)
+        assert "\N{SECTION SIGN}pw" not in line and "\n" not in line, line

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gdpipe.core import memory
 from gdpipe.core.artifacts import Dataset
 from gdpipe.core.command import InputError
 from gdpipe.core.config import DataParams
@@ -17,6 +18,13 @@ SQUARE_SAFE = float(np.sqrt(np.finfo(np.float32).max))
 
 def generate(params: DataParams) -> Dataset:
     """Build the data set the params describe; the defaults give the lesson's x = 1..4, y = 2x."""
+    try:
+        return _generate(params)
+    except MemoryError:  # a limit (ulimit -v, a container's) refused x or y: say the size, not a traceback
+        raise InputError(f"data: not enough memory: {memory.describe(params.n_samples)}") from None
+
+
+def _generate(params: DataParams) -> Dataset:
     x_stream, noise_stream = (np.random.default_rng(s) for s in np.random.SeedSequence(params.seed).spawn(2))
     n = params.n_samples
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, with the params to blame

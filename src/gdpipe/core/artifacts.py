@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gdpipe.core import memory
 from gdpipe.core.command import InputError
 from gdpipe.core.config import VARIANTS
 from gdpipe.core.files import atomic_write, file_sha256, read_json, require_finite, write_json
@@ -58,6 +59,9 @@ class Dataset:
                 rows = np.lib.format.read_array(handle, allow_pickle=False)
         except FileNotFoundError:
             raise InputError(f"{path}: no such file (run the generate stage: dvc repro)") from None
+        except MemoryError:
+            samples = path.stat().st_size // memory.DATA_BYTES_PER_SAMPLE
+            raise InputError(f"{path}: not enough memory to load it: {memory.describe(samples)}") from None
         except (OSError, ValueError, EOFError) as err:
             raise InputError(f"{path}: not a readable data set of float32 rows x and y ({err})") from None
         two_rows = rows.ndim == 2 and rows.shape[0] == 2 and rows.size and rows.flags.c_contiguous

@@ -126,6 +126,10 @@ def run_main(main: Main, argv: Sequence[str] | None = None, *, exiting: bool = F
     except InputError as err:
         print(f"gdpipe: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except MemoryError as err:  # where no reader knew the size (NumPy's message says what it asked for)
+        what = str(err) or "MemoryError"
+        print(f"gdpipe: error: out of memory ({what}): free memory or lower data.n_samples", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (KeyboardInterrupt, Terminated) as err:
         stopped = True
         name = "interrupted (SIGINT)" if isinstance(err, KeyboardInterrupt) else "terminated (SIGTERM)"

@@ -308,12 +308,23 @@ def main(argv=None):
 
     `make repro` and `make check` run it before `dvc repro`: DVC removes the outputs of a stage
     before running it, so a bad file found by the stage itself would cost them (until `dvc checkout`).
+    What the stages will meet besides the file is checked too: MLFLOW_TRACKING_URI can be parsed (its
+    secrets never printed), and the data set fits in the memory left.
     """
     import argparse
 
+    from gdpipe.core import memory, store_uri
+
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     parser.add_argument("params", nargs="?", default="params.yaml")
-    load(parser.parse_args(argv).params)
+    params = load(parser.parse_args(argv).params)
+    try:
+        store_uri.check_environment()
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    problem = memory.too_large(params.data.n_samples)
+    if problem:
+        raise InputError(problem)
 
 
 if __name__ == "__main__":

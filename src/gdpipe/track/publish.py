@@ -38,6 +38,7 @@ from gdpipe.track.store import (
     sqlite_file,
     store_failure,
     store_lock,
+    wait_until_free,
 )
 from gdpipe.track.where import redact
 
@@ -72,6 +73,7 @@ def publish(
     mlflow.set_tracking_uri(uri)  # for the fluent calls
     published = {}
     with store_lock(uri) as alone:
+        wait_until_free(uri)
         client, experiment_id = _open(experiment, uri)
         for record in records:
             name = model_name(model_prefix, record.variant)

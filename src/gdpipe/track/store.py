@@ -7,22 +7,28 @@ import errno
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
+from gdpipe.core import store_uri
 from gdpipe.core.command import InputError
-from gdpipe.track.where import redact
+from gdpipe.core.store_uri import redact
 
 # What a failing store raises through MLflow's API: MLflow's own errors, and for a sqlite store the
 # database's (SQLAlchemy's) and the file system's.
 STORE_ERRORS = (MlflowException, SQLAlchemyError, OSError)
 RACE_TRIES = 3  # a call that lost an insert race finds the winner's row when made again; one more in reserve
 T = TypeVar("T")
+# How long a publisher waits for another process to let go of a sqlite store (a reader such as make ui,
+# a program holding a transaction), by default; GDPIPE_STORE_WAIT sets it. Each of MLflow's own calls
+# waits 20 s more at most (its busy_timeout) for a lock taken after this wait.
+STORE_WAIT_S = 60
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -56,6 +62,58 @@ def store_lock(uri: str) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def store_wait() -> float:
+    """Seconds a publisher waits for other processes to let go of a sqlite store (GDPIPE_STORE_WAIT)."""
+    setting = os.environ.get("GDPIPE_STORE_WAIT", str(STORE_WAIT_S))
+    try:
+        seconds = float(setting)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise InputError(f"GDPIPE_STORE_WAIT={setting!r}: must be seconds, 0 or more (default {STORE_WAIT_S})")
+    return seconds
+
+
+def wait_until_free(uri: str) -> None:
+    """Wait until no other process holds the sqlite store, GDPIPE_STORE_WAIT seconds at most; else InputError.
+
+    In sqlite's default (rollback journal) mode a reader blocks a writer: `make ui` reading a big run, or
+    any program with a transaction open, would make MLflow's next write wait 20 s and fail with "database
+    is locked" and nothing else. An exclusive lock taken and let go at once tells that nobody holds it;
+    it is tried again every 0.1 s (a Python sleep, which Ctrl-C cuts short, unlike sqlite's own wait).
+    Any other failure (no file yet, a damaged one) is left to MLflow's calls, which say it in words.
+    """
+    database = sqlite_file(uri)
+    if database is None or not database.exists():
+        return
+    seconds = store_wait()
+    deadline = time.monotonic() + seconds
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=0, isolation_level=None)) as connection:
+            while True:
+                try:
+                    connection.execute("BEGIN EXCLUSIVE")
+                    connection.execute("ROLLBACK")
+                    return
+                except sqlite3.OperationalError as err:
+                    if "locked" not in str(err) or time.monotonic() >= deadline:
+                        raise
+                time.sleep(0.1)
+    except sqlite3.Error as err:
+        if "locked" in str(err):
+            locked = _locked(database, f"for {seconds:g} s (GDPIPE_STORE_WAIT)")
+            raise InputError(f"MLflow tracking store {redact(uri)} {locked}") from None
+
+
+def _locked(database: Path, how_long: str) -> str:
+    """What holds a locked sqlite store and what to do, after "MLflow tracking store <uri> "."""
+    return (
+        f"is locked by another process: the sqlite file {database} stayed locked {how_long}, held by a reader "
+        "such as make ui showing a big run, or a program with a transaction open on it; close it or wait for "
+        "it, then run again (make repro)"
+    )
+
+
 def retried_if_raced(call: Callable[..., T], *args: object, **kwargs: object) -> T:
     """`call(*args, **kwargs)`, made again if it lost a race with another publisher to insert the same row.
 
@@ -81,7 +139,7 @@ def first_line(err: BaseException, uri: str) -> str:
     """The first line of an error, fit to print: MLflow's messages repeat the URI, password included."""
     text = str(err).strip()
     line = (text.splitlines()[0] if text else type(err).__name__).replace(uri, redact(uri))
-    password = urlsplit(uri).password
+    password = store_uri.credentials(uri)[1]
     secrets = (
         password,
         password and unquote(password),
@@ -112,7 +170,8 @@ def explain(err: BaseException, uri: str) -> str:
     where = sqlite_file(uri)
     if "UNAUTHENTICATED" in codes:
         credentials = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
-        if urlsplit(uri).username or any(os.environ.get(f"MLFLOW_TRACKING_{key}") for key in ("USERNAME", "TOKEN")):
+        user = store_uri.credentials(uri)[0] or os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if user or os.environ.get("MLFLOW_TRACKING_TOKEN"):
             return f"refused the credentials (401 Unauthorized): check {credentials}"
         return f"asks for credentials (401 Unauthorized): export {credentials}"
     if "PERMISSION_DENIED" in codes:
@@ -130,6 +189,8 @@ def explain(err: BaseException, uri: str) -> str:
             f"store that may hold runs: move it aside (mv '{where}' '{where}.damaged'), then publish again "
             "(make repro) into a new one"
         )
+    if where is not None and "database is locked" in text:  # taken after wait_until_free, held past MLflow's 20 s
+        return _locked(where, "longer than MLflow waits (20 s)")
     if "timed out" in text or "connection aborted" in text or "remote end closed" in text or "max retries" in text:
         return f"did not answer: {first_line(causes[-1], uri)}; check that the server runs and MLFLOW_TRACKING_URI"
     return f"failed: {first_line(err, uri)}"

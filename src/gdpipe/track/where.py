@@ -17,10 +17,12 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from gdpipe.core import store_uri
 from gdpipe.core.command import InputError, run_command
 from gdpipe.core.files import read_json
+from gdpipe.core.store_uri import redact
 
 TRACK_AGAIN = ["repro", "--single-item", "--force", "track"]  # only track; dvc.lock stays as it is
 VIEW = "#/experiments/{}?workflowType=machine_learning"  # the UI's model-training view of the experiment
@@ -32,23 +34,21 @@ def default_uri(root: Path) -> str:
 
 
 def tracking_uri(root: Path) -> str:
-    """MLFLOW_TRACKING_URI when set (a team's server), else the embedded sqlite store in `root`/mlruns."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri(root)
+    """MLFLOW_TRACKING_URI when set (a team's server), else the embedded sqlite store in `root`/mlruns.
+
+    One that cannot be parsed is an InputError without its secrets, before MLflow prints it in a traceback.
+    """
+    uri = os.environ.get(store_uri.VARIABLE)
+    try:
+        store_uri.check(uri)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    return uri or default_uri(root)
 
 
 def repo_root() -> Path:
     """The real repository: DVC_ROOT under DVC (which names the main repo also for queued runs), else here."""
     return Path(os.environ.get("DVC_ROOT") or ".").resolve()
-
-
-def redact(uri: str) -> str:
-    """The URI without a password or token, fit to print or record."""
-    parts = urlsplit(uri)
-    if not (parts.username or parts.password):
-        return uri
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
-    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
 def not_current(runs_path: Path, published_path: Path, uri: str) -> str | None:
