@@ -17,6 +17,7 @@ UI_PORT ?= 5000
 SWEEP_LRS ?= 0.001 0.01 0.1
 SERVE_VARIANT ?= torch
 SERVE_PORT ?= 5001
+REPRO_WAIT ?= 600
 SERVER_DIR ?= .server
 SERVER_PORT ?= 5002
 BENCH_OUT ?= bench/latest.json
@@ -42,10 +43,12 @@ $(STAMP): pyproject.toml constraints.txt src/gdpipe/core/venv.py
 
 venv: $(STAMP)  ## create .venv with the pinned versions (constraints.txt)
 
-# For repro and check: a bad params.yaml stops at the first line, before DVC removes any stage's outputs.
+# For repro, check and promote: a bad params.yaml stops at the first line, before DVC removes any stage's
+# outputs. Two of them in one clone take turns (src/gdpipe/clone_lock.py): the second waits, saying so in
+# one line, for at most REPRO_WAIT seconds, instead of DVC refusing it in four.
 pipeline: $(STAMP)
 	PYTHONPATH=src $(BIN)/python -m gdpipe.core.config params.yaml
-	$(BIN)/dvc repro
+	PYTHONPATH=src $(BIN)/python -m gdpipe.clone_lock --wait $(REPRO_WAIT) -- $(BIN)/dvc repro
 
 repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 	PYTHONPATH=src $(BIN)/python -m gdpipe.summary metrics.json
