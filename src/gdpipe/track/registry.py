@@ -1,6 +1,6 @@
 """The model registry: each published result's model is a version of `<track.model_name>-<variant>`;
 the alias `challenger` names the version of the result published last, `champion` the one the
-quality gate let through.
+quality gate let through: both variants' versions of one result, which a record names (see promote).
 
     python -m gdpipe.track.registry promote   # make promote: champion -> this result, if the gate passed
     python -m gdpipe.track.registry serve     # make serve: mlflow models serve the champion
