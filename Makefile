@@ -21,6 +21,7 @@ UI_PORT ?= 5000
 SWEEP_LRS ?= 0.001 0.01 0.1
 SERVE_VARIANT ?= torch
 SERVE_PORT ?= 5001
+REPRO_WAIT ?= 600
 SERVER_DIR ?= .server
 SERVER_PORT ?= 5002
 BENCH_OUT ?= bench/latest.json
@@ -51,12 +52,15 @@ venv: $(STAMP)  ## create .venv with the pinned versions (constraints.txt)
 # For repro, check and promote: a bad params.yaml stops at the first line, before DVC removes any stage's
 # outputs. DVC reruns track for a new result only; the last line publishes the current one to the store
 # named now (MLFLOW_TRACKING_URI) when runs.json says it is not there yet (src/gdpipe/track/where.py).
+# Two of them in one clone take turns (src/gdpipe/clone_lock.py): the second waits, saying so in one line,
+# for at most REPRO_WAIT seconds, instead of DVC refusing it in four.
+IN_TURN := PYTHONPATH=src $(BIN)/python -m gdpipe.clone_lock --wait $(REPRO_WAIT) --
 WHERE := PYTHONPATH=src $(BIN)/python -m gdpipe.track.where
 
 pipeline: $(STAMP)
 	PYTHONPATH=src $(BIN)/python -m gdpipe.core.config params.yaml
-	$(BIN)/dvc repro
-	$(WHERE) publish
+	$(IN_TURN) $(BIN)/dvc repro
+	$(IN_TURN) $(WHERE) publish
 
 repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 	PYTHONPATH=src $(BIN)/python -m gdpipe.summary metrics.json

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import runpy
 import shutil
@@ -17,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from support import REPO, VARIANTS, dvc, make, run_stage, served, stages_run
+from support import REPO, VARIANTS, child_env, dvc, make, run_stage, served, stages_run, wait_for
 
 MODEL_CODE = REPO / "src" / "gdpipe" / "track" / "pyfunc_model.py"
 
@@ -148,6 +149,44 @@ def test_promote_moves_champion_only_when_the_gate_passes_and_a_known_result_add
         assert client.get_registered_model(f"gdpipe-{variant}").aliases == {"champion": 1, "challenger": 1}
 
 
+WAITING = "gdpipe: another make repro, check or promote runs dvc repro in this clone; waiting for it (at most 600 s)\n"
+
+
+def test_two_make_promote_in_one_clone_take_turns_and_say_so_in_one_line(promoted_repo, tmp_path, reaper):
+    repo = tmp_path / "repo"
+    shutil.copytree(promoted_repo, repo, symlinks=True)
+    (repo / "published.json").unlink()  # track finds the result's runs in the copy's store, and names it in runs.json
+    lock = repo / ".dvc" / "tmp" / "gdpipe-repro.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    outs = [tmp_path / f"promote-{index}" for index in range(2)]
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a make repro, check or promote under way: both wait for it, then take turns
+        promoters = []
+        for out in outs:
+            with open(f"{out}.out", "w") as stdout, open(f"{out}.err", "w") as stderr:
+                command = ["make", "-o", ".venv/.installed", "promote"]
+                promoters.append(subprocess.Popen(command, cwd=repo, stdout=stdout, stderr=stderr, env=child_env()))
+            reaper(promoters[-1])
+        for promoter, out in zip(promoters, outs, strict=True):
+            wait_for(lambda out=out: Path(f"{out}.err").read_text() == WAITING, promoter, what="the waiting line")
+    kept = "gdpipe-numpy: version 1 is champion (already)\ngdpipe-torch: version 1 is champion (already)\n"
+    for promoter, out in zip(promoters, outs, strict=True):
+        assert promoter.wait(timeout=300) == 0, Path(f"{out}.err").read_text()
+        assert Path(f"{out}.err").read_text() == WAITING  # DVC never found its lock taken
+        assert Path(f"{out}.out").read_text().endswith(kept)
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        stopped = make(repo, "promote", "REPRO_WAIT=0.1")
+    assert stopped.returncode == 2 and stopped.stdout.count("dvc repro") == 1  # make's echo of the command only
+    waited, error, make_error = stopped.stderr.splitlines()
+    assert waited == WAITING.replace("600", "0.1").strip()
+    assert error == (
+        "gdpipe: error: another make repro, check or promote still runs dvc repro in this clone after 0.1 s "
+        "(it holds .dvc/tmp/gdpipe-repro.lock): let it finish or stop it, then run this again"
+    )
+    assert make_error.startswith("make: *** [Makefile:") and make_error.endswith("pipeline] Error 2")
+
+
 def test_promote_refuses_a_verdict_about_other_metrics(promoted_repo, tmp_path, monkeypatch):
     from gdpipe.track import registry
 
@@ -209,7 +248,7 @@ def test_make_serve_answers_f_of_x_over_http_and_survives_bad_requests(promoted_
         for body, predictions in GOOD:
             assert post(f"{url}/invocations", body) == (200, {"predictions": predictions}), body
     log = promoted_repo.parent / "serve.log"
-    assert "serving models:/gdpipe-torch@champion on http://127.0.0.1:" in log.read_text()
+    assert "serving models:/gdpipe-torch/1 (gdpipe-torch@champion) on http://127.0.0.1:" in log.read_text()
 
 
 def test_ci_promotes_to_the_team_server_only_on_pushes_to_main():
@@ -225,42 +264,116 @@ def test_ci_promotes_to_the_team_server_only_on_pushes_to_main():
     assert "secrets." not in json.dumps(workflow["jobs"]["test-and-check"])  # pull requests never see them
 
 
-class FakeRegistry:
-    """The two calls promote makes, on a dict of aliases."""
-
-    def __init__(self, champions: dict[str, str]):
-        self.champions = champions
-
-    def get_model_version_by_alias(self, name, alias):
-        if name not in self.champions:
-            raise MlflowException.invalid_parameter_value("alias not found")  # as the sqlite registry answers
-        return type("Version", (), {"version": self.champions[name]})
-
-    def set_registered_model_alias(self, name, alias, version):
-        self.champions[name] = version
+def as_current(result: dict[str, str], **changes: dict) -> dict[str, dict]:
+    """runs.json's entries for a result (name -> version), as promote reads them."""
+    current = {
+        name.rsplit("-", 1)[1]: {"model_name": name, "model_version": v, "status": "trained"}
+        for name, v in result.items()
+    }
+    for variant, change in changes.items():
+        current[variant] |= change
+    return current
 
 
-def test_a_failed_gate_gives_each_variant_its_own_reasons_and_moves_nothing():
+PASSED = {"passed": True, "failed": []}
+
+
+def test_a_result_is_promoted_whole_or_not_at_all_and_each_variant_says_why(tmp_path, empty_store):
     from gdpipe.track.registry import promote
+    from support import champions, make_results
 
-    registry = FakeRegistry({"gdpipe-numpy": "1"})
-    current = {v: {"model_name": f"gdpipe-{v}", "model_version": "2", "status": "trained"} for v in VARIANTS}
-    verdict = {"passed": False, "failed": ["loss (torch)", "parity.max_abs_w_diff (both)"]}
-    assert promote(registry, current, verdict) == (
+    client = MlflowClient(empty_store(tmp_path / "mlflow.db"))
+    first, second = make_results(client, "gdpipe", 2)  # numpy 1 and torch 2; numpy 2 and torch 1
+    names = list(first)
+    assert promote(client, as_current(first), PASSED) == (
+        ["gdpipe-numpy: version 1 is champion (was none)", "gdpipe-torch: version 2 is champion (was none)"],
+        True,
+    )
+    failed = {"passed": False, "failed": ["loss (torch)", "parity.max_abs_w_diff (both)"]}
+    assert promote(client, as_current(second), failed) == (
         [
             "gdpipe-numpy: version 1 stays champion; version 2 was not promoted: "
             "the gate failed (parity.max_abs_w_diff (both))",
-            "gdpipe-torch: no version is champion; version 2 was not promoted: "
+            "gdpipe-torch: version 2 stays champion; version 1 was not promoted: "
             "the gate failed (loss (torch), parity.max_abs_w_diff (both))",
         ],
         False,
     )
-    assert registry.champions == {"gdpipe-numpy": "1"}
-    passed = {"passed": True, "failed": []}
-    current["torch"] |= {"model_version": None, "status": "diverged"}  # cannot pass the gate, but never promoted
-    lines, promoted = promote(registry, current, passed)
-    assert lines == [
-        "gdpipe-numpy: version 2 is champion (was 1)",
-        "gdpipe-torch: no version is champion; this result has no model to promote (it diverged before its first step)",
-    ]
-    assert not promoted and registry.champions == {"gdpipe-numpy": "2"}
+    assert champions(client, names) == first
+    # A gate that passed, with a variant that cannot be promoted (it cannot pass the gate): neither is.
+    no_model = as_current(second, torch={"model_version": None, "status": "diverged"})
+    assert promote(client, no_model, PASSED) == (
+        [
+            "gdpipe-numpy: version 1 stays champion; version 2 was not promoted: a result is promoted whole, "
+            "and torch cannot be",
+            "gdpipe-torch: version 2 stays champion; this result has no model to promote (it diverged before its "
+            "first step)",
+        ],
+        False,
+    )
+    assert champions(client, names) == first
+    assert promote(client, as_current(first), PASSED)[0][0] == "gdpipe-numpy: version 1 is champion (already)"
+
+
+class StoppedAfter:
+    """A client whose promoter is stopped (Ctrl-C) after `writes` writes to the store."""
+
+    def __init__(self, client: MlflowClient, writes: int):
+        self.client, self.writes = client, writes
+
+    def __getattr__(self, name):
+        call = getattr(self.client, name)
+        if not name.startswith("set_"):
+            return call
+
+        def write(*args, **kwargs):
+            if self.writes == 0:
+                raise KeyboardInterrupt
+            self.writes -= 1
+            return call(*args, **kwargs)
+
+        return write
+
+
+@pytest.mark.parametrize("writes", [1, 2], ids=["after-the-record", "after-one-alias"])
+def test_a_promotion_stopped_half_way_is_never_served_and_the_next_one_settles_it(
+    tmp_path, empty_store, monkeypatch, writes
+):
+    from gdpipe.track import registry
+    from support import champions, make_results
+
+    uri = empty_store(tmp_path / "mlflow.db")
+    client = MlflowClient(uri)
+    first, second = make_results(client, "gdpipe", 2)
+    assert registry.promote(client, as_current(first), PASSED)[1]
+    with pytest.raises(KeyboardInterrupt):
+        registry.promote(StoppedAfter(client, writes), as_current(second), PASSED)
+    assert champions(client, list(first)) == ({"gdpipe-numpy": "2", "gdpipe-torch": "2"} if writes == 2 else first)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    serve = ["serve", "--params", str(REPO / "params.yaml")]
+    held = "gdpipe-numpy@champion is version 2, gdpipe-torch@champion is version 2" if writes == 2 else (
+        "gdpipe-numpy@champion is version 1, gdpipe-torch@champion is version 2"
+    )  # fmt: skip
+    assert run_stage(registry.main, serve) == (
+        2,
+        f"gdpipe: error: the champions in {uri} are not of one result ({held}; the champion result is "
+        "gdpipe-numpy 2, gdpipe-torch 1): a promotion is under way or was stopped half-way; wait for it, or run "
+        "make promote, then make serve\n",
+    )
+    # The next promotion, even one the gate refused, settles the champion on the result last promoted.
+    failed = {"passed": False, "failed": ["loss (numpy)"]}
+    lines, promoted = registry.promote(client, as_current(first), failed)
+    assert lines[0].startswith("gdpipe-numpy: version 2 stays champion; ") and not promoted
+    assert champions(client, list(first)) == second
+
+
+# --- promotions at the same time --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["first-writes-together", "started-at-once"])
+def test_promotions_at_once_leave_one_result_champion_and_each_promoter_says_the_truth(tmp_path, empty_store, together):
+    from support import assert_one_champion_per_round, make_results
+
+    client = MlflowClient(empty_store(tmp_path / "mlflow.db"))
+    results = make_results(client, "race", 3)
+    assert_one_champion_per_round(client, results, rounds=20, promoters=2 if together else 3, together=together)

@@ -32,12 +32,14 @@ from gdpipe.track.store import RACE_TRIES, retried_if_raced
 from support import (
     REPO,
     VARIANTS,
+    assert_one_champion_per_round,
     assert_one_error_line,
     build_workspace,
     child_env,
     files_under,
     free_port,
     make,
+    make_results,
     publish_forked,
     run_track,
     src_env,
@@ -182,6 +184,14 @@ def race_to_insert(client: MlflowClient, experiment_id: str, model: str, count: 
         logged = client.get_run(run).inputs.dataset_inputs
         assert [each.dataset.digest for each in logged] == [dataset.dataset.digest]
     assert client.get_model_version_by_alias(model, alias).version in versions
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["first-writes-together", "started-at-once"])
+def test_promotions_at_once_on_the_server_leave_one_result_champion(team_server, monkeypatch, together):
+    """As on sqlite (tests/test_registry.py), through the server's REST API on PostgreSQL."""
+    client = team_server.client(monkeypatch)
+    results = make_results(client, f"race-{uuid.uuid4().hex}", 3)
+    assert_one_champion_per_round(client, results, rounds=10, promoters=2 if together else 3, together=together)
 
 
 @pytest.mark.parametrize(
