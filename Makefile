@@ -60,7 +60,7 @@ WHERE := PYTHONPATH=src $(BIN)/python -m gdpipe.track.where
 pipeline: $(STAMP)
 	PYTHONPATH=src $(BIN)/python -m gdpipe.core.config params.yaml
 	$(IN_TURN) $(BIN)/dvc repro
-	$(IN_TURN) $(WHERE) publish
+	$(IN_TURN) $(BIN)/python -m gdpipe.track.where publish
 
 repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 	PYTHONPATH=src $(BIN)/python -m gdpipe.summary metrics.json
