@@ -103,7 +103,7 @@ server-stop: $(STAMP)  ## stop what make server started (the same SERVER_DIR); i
 
 # DVC's push and pull of the default remote (.dvc/config; docs/remote.md), run-cache included (the push
 # also sends the outputs of every run it records); a failure is one line naming the remote. A pull
-# changes the workspace only once every file has arrived.
+# changes the workspace only once every file has arrived and matches its hash; partial files go.
 REMOTE := PYTHONPATH=src $(BIN)/python -m gdpipe.remote
 
 push: $(STAMP)  ## send data, histories, models, the plot and DVC's run-cache to the DVC remote

@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -19,46 +17,23 @@ from support import (
     OUTPUTS,
     REPO,
     assert_one_error_line,
+    clone,
     copy_repo,
     dvc,
-    files_under,
     free_port,
+    git,
     load_default_params,
     make,
+    run_remote,
+    set_remote,
     src_env,
     stages_run,
     with_overrides,
+    workspace,
     write_yaml,
 )
 
 BUCKET = "gdpipe"
-
-
-def run_remote(repo: Path, action: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python -m gdpipe.remote <action>` in `repo`: what make push and make pull run, without make's own lines."""
-    command = [sys.executable, "-m", "gdpipe.remote", action]
-    return subprocess.run(command, cwd=repo, env=env or src_env(), capture_output=True, text=True, timeout=120)
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
-
-
-def clone(source: Path, destination: Path) -> Path:
-    """A git clone of `source` (committed files only: no outputs, no DVC cache) sharing this checkout's .venv."""
-    git(source.parent, "clone", "-q", str(source), str(destination))
-    (destination / ".venv").symlink_to(Path(sys.executable).parents[1])
-    return destination
-
-
-def workspace(repo: Path) -> dict[str, bytes]:
-    """Every file of `repo` outside .git and DVC's own folder (its cache, its temporary files), with its bytes."""
-    skip = (repo / ".git", repo / ".dvc")
-    return {
-        str(path.relative_to(repo)): path.read_bytes()
-        for path in files_under(repo)
-        if not any(path.is_relative_to(folder) for folder in skip)
-    }
 
 
 # --- the default remote: a local folder ----------------------------------------------------------
@@ -185,13 +160,6 @@ def test_dvc_repro_pull_brings_a_result_the_run_cache_records_training_nothing(p
 def fresh_copy(tmp_path_factory) -> Path:
     """A copy of this project that has never run: dvc.lock names six outputs its cache does not have."""
     return copy_repo(tmp_path_factory.mktemp("fresh") / "repo")
-
-
-def set_remote(repo: Path, url: str, **settings: str) -> None:
-    """This clone's own default remote, as `dvc remote add --local -d` writes it to .dvc/config.local."""
-    lines = ["[core]", "    remote = mine", "['remote \"mine\"']", f"    url = {url}"]
-    lines += [f"    {key} = {value}" for key, value in settings.items()]
-    (repo / ".dvc" / "config.local").write_text("\n".join(lines) + "\n")
 
 
 @pytest.mark.parametrize(
@@ -339,6 +307,7 @@ def test_ci_pulls_and_pushes_on_pushes_only_and_comments_on_pull_requests_with_o
     runs = [step.get("run", "") for step in share["steps"]]
     assert [index for index, run in enumerate(runs) if run.startswith("make ")] == [3, 4, 5]
     assert runs[3].startswith("make pull") and runs[4] == "make check" and runs[5] == "make push"
+    assert ".venv/bin/dvc remote modify --local team verify true" in runs[2]  # make pull refuses one without
     assert share["steps"][5]["if"].endswith("&& github.ref == 'refs/heads/main'")
     comment = jobs["test-and-check"]["steps"][-1]
     assert comment["run"].startswith("cml comment update --target=pr --publish --watermark-title=")
