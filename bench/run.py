@@ -13,6 +13,8 @@ quotes, updated on purpose with `make bench BENCH_OUT=bench/results.json`).
 3. publish    the track stage's metric logging, 10,000 epochs x 2 variants / bare MlflowClient.log_batch
    team       the same to make server's PostgreSQL-backed server; and each of 8 track stages publishing
               different results at once / 1 track stage alone, as a rate per publisher (t1 / t8)
+   longrun    the track stage of a 10^6-epoch result, w and loss bounded to track.max_points_per_metric
+              / the same with every epoch logged (the key set to the number of epochs)
 4. pipeline   `dvc repro -f` / the tutorial script with MLflow logging (and / the bare script)
 5. overhead   `dvc repro` with everything up to date / `dvc status`
 6. collector  the stage commands with gdpipe's garbage-collector setting / with the collector off
@@ -269,7 +271,7 @@ def publish_records(epochs: int, work: Path) -> list:
     sys.path.insert(0, str(SRC))
     from gdpipe.core import config
     from gdpipe.data import generate
-    from gdpipe.track.record import RunRecord
+    from gdpipe.track.record import RunRecord, spread
     from gdpipe.train import train
 
     params = config.load(write_params(work / f"publish-params-{epochs}.yaml", **{"train.epochs": epochs}))
@@ -285,6 +287,7 @@ def publish_records(epochs: int, work: Path) -> list:
                 params={},
                 tags={},
                 history=history,
+                metric_rows=spread(history.epoch.size, epochs),  # every epoch
                 final_metrics={"prediction": 10.0},
                 model_path=Path(),
                 has_model=False,
@@ -376,6 +379,47 @@ def bench_team(quick: bool, work: Path) -> dict:
     # (1 would be no slowdown at all; 8 of them then publish 8 x this ratio as many results per second).
     throughput = [alone / together for alone, together in zip(one, eight, strict=True)]
     return {"log_batch": logging, "publishers": summarize(throughput) | {"one_seconds": one, "eight_seconds": eight}}
+
+
+def bench_longrun(quick: bool, work: Path) -> dict:
+    """The track stage of a long result, bounded (params.yaml's max_points_per_metric) / every epoch logged,
+    each into a fresh copy of one empty store; with the database's size and MLflow's read of one metric's history.
+
+    One repeat: every epoch of 10^6 takes minutes to log, and the ratio is far from 1 either way.
+    """
+    from mlflow import MlflowClient
+
+    epochs = 100_000 if quick else 1_000_000
+    os.environ.update(MAKE_ENV)
+    say(f"longrun: training {epochs} epochs of both variants")
+    workspace = build_workspace(work / "longrun", {"train.epochs": epochs})
+    bounded = load_default_params()["track"]["max_points_per_metric"]
+    template = empty_store(work / "longrun-template")
+    track = [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS]
+    seconds, database_mb, history_seconds = {}, {}, {}
+    for side, points in (("bounded", bounded), ("every epoch", epochs)):
+        document = YAML(typ="safe").load((workspace / "params.yaml").read_text())
+        write_yaml(workspace / "params.yaml", with_overrides(document, {"track.max_points_per_metric": points}))
+        db = work / f"longrun-{points}" / "mlflow.db"
+        db.parent.mkdir()
+        shutil.copy(template, db)
+        uri = f"sqlite:///{db}"
+        say(f"longrun: track stage, {side} ({points} points per metric)")
+        seconds[side] = timed(track, workspace, PYTHONPATH=str(SRC), MLFLOW_TRACKING_URI=uri)
+        database_mb[side] = round(db.stat().st_size / 1e6, 1)  # beside it, artifacts: the same for both
+        run_id = json.loads((workspace / "runs.json").read_text())["torch"]["run_id"]
+        start = time.perf_counter()
+        points_read = len(MlflowClient(uri).get_metric_history(run_id, "loss"))
+        history_seconds[side] = time.perf_counter() - start
+        assert points_read == min(points, epochs), points_read
+    ratio = seconds["bounded"] / seconds["every epoch"]
+    return summarize([ratio]) | {
+        "epochs": epochs,
+        "max_points_per_metric": bounded,
+        "seconds": seconds,
+        "database_mb": database_mb,
+        "metric_history_seconds": history_seconds,
+    }
 
 
 # --- 4. pipeline and 5. overhead --------------------------------------------------------------
@@ -709,6 +753,9 @@ def rows(results: dict) -> list[tuple[str, dict, float | None]]:
         label = f"team server {results['team']['log_batch']['epochs'] // 1000}k epochs x 2"
         table.append((label, results["team"]["log_batch"], GOALS.get(label)))
         table.append(("team, 8 publishers: rate of each", results["team"]["publishers"], None))
+    if "longrun" in results:
+        label = f"track 1e{len(str(results['longrun']['epochs'])) - 1} epochs, bounded / all"
+        table.append((label, results["longrun"], None))
     if "pipeline" in results:
         table.append(
             ("pipeline / tutorial+mlflow", results["pipeline"]["to_script"], GOALS["pipeline / tutorial+mlflow"])
@@ -736,7 +783,7 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = ("kernel", "memory", "publish", "team", "pipeline", "overhead", "collector", "serving")
+SECTIONS = ("kernel", "memory", "publish", "team", "longrun", "pipeline", "overhead", "collector", "serving")
 
 
 def main(argv=None) -> int:
@@ -776,6 +823,14 @@ def main(argv=None) -> int:
     results["table"] = format_table(results).splitlines()
     write_json(args.out, results)
     print(format_table(results))
+    if "longrun" in results:
+        longrun = results["longrun"]
+        sides = "; ".join(
+            f"{side} {longrun['seconds'][side]:.1f} s, database {longrun['database_mb'][side]:.0f} MB, "
+            f"one metric's history read in {longrun['metric_history_seconds'][side]:.2f} s"
+            for side in ("bounded", "every epoch")
+        )
+        print(f"\ntrack of {longrun['epochs']} epochs: {sides}")
     if "pipeline" in results:
         parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in results["pipeline"]["breakdown_seconds"].items())
         print(f"\npipeline, median {statistics.median(results['pipeline']['seconds']['pipeline']):.2f} s: {parts}")

@@ -69,6 +69,10 @@ BAD_VALUES = [
     ({"train": [1, 2]}, "train = a list: must be a mapping of lr, epochs, w_init, log_every, numpy, torch"),
     # Longer than an MLflow store on PostgreSQL accepts: refused here, not half-way through publishing.
     ({"track.experiment": "e" * 257}, f"track.experiment = '{'e' * 56}...: must be at most 256 characters"),
+    # The first and the last epoch are always logged: fewer than 2 points cannot hold both.
+    ({"track.max_points_per_metric": 1}, "track.max_points_per_metric = 1: must be >= 2"),
+    ({"track.max_points_per_metric": 200.5}, "track.max_points_per_metric = 200.5: must be a whole number"),
+    ({"track.max_points_per_metric": "all"}, "track.max_points_per_metric = 'all': must be a whole number"),
 ]
 
 
@@ -149,7 +153,8 @@ def test_every_problem_is_named_in_one_line_unknown_keys_first(tmp_path, capsys)
     path = write_yaml(tmp_path / "params.yaml", document)
     assert run_generate(path) == 2
     assert capsys.readouterr().err == (
-        f"gdpipe: error: {path}: unknown key 'track.colour' (allowed here: experiment, model_name); "
+        f"gdpipe: error: {path}: unknown key 'track.colour' "
+        "(allowed here: experiment, model_name, max_points_per_metric); "
         "data.seed = -1: must be >= 0; train.lr = -1: must be > 0; evaluate.x = 'five': must be a number\n"
     )
 

@@ -32,8 +32,9 @@ EPOCHS_LONG = 2000
 
 @pytest.fixture(scope="module")
 def long_workspace(tmp_path_factory) -> Path:
-    """Outputs with many epochs logged: publishing each run's history takes about a second."""
-    return build_workspace(tmp_path_factory.mktemp("long") / "ws", {"train.epochs": EPOCHS_LONG})
+    """Outputs with many epochs logged, every one (no bound): publishing each run's history takes about a second."""
+    overrides = {"train.epochs": EPOCHS_LONG, "track.max_points_per_metric": EPOCHS_LONG}
+    return build_workspace(tmp_path_factory.mktemp("long") / "ws", overrides)
 
 
 def test_sigint_or_sigterm_while_publishing_marks_the_run_killed_and_the_next_publish_completes(

@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from support import VENV_BIN, child_env, dvc, free_port, make, wait_for_server
+from support import VENV_BIN, build_workspace, child_env, dvc, free_port, make, track_here, wait_for_server
 
 EPOCHS = 100
 
@@ -296,3 +297,33 @@ def test_credentials_in_the_uri_are_never_shown():
     assert redact("https://alice:s3cret@mlflow.example.org:8443/") == "https://mlflow.example.org:8443/"
     assert redact("http://alice:s3cret@[::1]:5000") == "http://[::1]:5000"
     assert redact("sqlite:////work/repo/mlruns/mlflow.db") == "sqlite:////work/repo/mlruns/mlflow.db"
+
+
+def test_a_long_run_logs_a_bounded_spread_of_its_epochs_and_keeps_every_one_in_its_csv(tmp_path, empty_store):
+    """5,000 epochs with track.max_points_per_metric 200: w and loss have 200 points each, from step 1 to
+    step 5,000 evenly, the final values sit at the last step, and the history artifact has every epoch."""
+    from gdpipe.core.artifacts import History
+    from gdpipe.track.record import spread
+
+    epochs, points = 5000, 200
+    folder = build_workspace(tmp_path / "ws", {"train.epochs": epochs, "track.max_points_per_metric": points})
+    uri = empty_store(tmp_path / "store" / "mlflow.db")
+    code, stderr = track_here(folder, uri)
+    assert code == 0, stderr
+    client = MlflowClient(uri)
+    for variant, run in json.loads((folder / "runs.json").read_text()).items():
+        history = History.read_csv(folder / f"history/{variant}.csv")
+        assert history.epoch.tolist() == list(range(1, epochs + 1))  # the DVC output keeps every epoch
+        expected = history.epoch[spread(epochs, points)].tolist()
+        for key, values in (("w", history.w), ("loss", history.loss)):
+            logged = sorted(client.get_metric_history(run["run_id"], key), key=lambda point: point.step)
+            steps = [point.step for point in logged]
+            assert len(steps) == points and steps[0] == 1 and steps[-1] == epochs, (variant, key)
+            assert steps == expected  # evenly spread: gaps of 25 and 26 epochs (4,999 / 199 = 25.1)
+            assert set(np.diff(steps).tolist()) == {25, 26}
+            assert [point.value for point in logged] == values[np.array(steps) - 1].tolist()
+        tags = client.get_run(run["run_id"]).data.tags
+        assert tags["gdpipe.metric_points"].startswith(f"w and loss at {points} of {epochs} recorded epochs")
+        assert [point.step for point in client.get_metric_history(run["run_id"], "prediction")] == [epochs]
+        (csv,) = [artifact for artifact in client.list_artifacts(run["run_id"]) if artifact.path == f"{variant}.csv"]
+        assert csv.file_size == (folder / f"history/{variant}.csv").stat().st_size

@@ -97,6 +97,10 @@ class TrackParams(_Section):
     experiment: str = Field(min_length=1, max_length=256)
     # The registered models are <model_name>-numpy and <model_name>-torch; part of a models:/ URI.
     model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)
+    # Points per per-epoch metric (w, loss) logged to MLflow, spread over the run, first and last epoch
+    # included: MLflow's UI draws a few hundred per chart, and 10^6 epochs logged whole take minutes to
+    # publish and to read back. The history CSV keeps every recorded epoch. At least 2: first and last.
+    max_points_per_metric: int = Field(ge=2, le=MAX_EPOCHS)
 
 
 # The metrics the gate can bound, a closed set so that a misspelt name fails at load time.

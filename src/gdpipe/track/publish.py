@@ -364,21 +364,23 @@ def _local_user() -> str:
 
 
 def _metrics(record: RunRecord) -> list[Metric]:
-    """w and loss per recorded epoch (step = epoch), then the final values.
+    """w and loss at the record's metric rows (step = epoch; at most track.max_points_per_metric), then the
+    final values.
 
     When the training times are known, each epoch's timestamp is placed between them in
     proportion to its number (full-batch epochs take equal time), so MLflow's time axis is
     roughly right; otherwise every point carries the publishing time.
     """
-    history = record.history
+    history, rows = record.history, record.metric_rows
+    epochs = history.epoch[rows]
     if record.started_ms is not None and record.finished_ms is not None and history.epoch.size:
         span = record.finished_ms - record.started_ms
-        stamps = (record.started_ms + span * history.epoch / history.epoch[-1]).astype(np.int64).tolist()
+        stamps = (record.started_ms + span * epochs / history.epoch[-1]).astype(np.int64).tolist()
     else:
-        stamps = [now_ms()] * history.epoch.size
+        stamps = [now_ms()] * epochs.size
     metrics = []
     for epoch, w, loss, stamp in zip(
-        history.epoch.tolist(), history.w.tolist(), history.loss.tolist(), stamps, strict=True
+        epochs.tolist(), history.w[rows].tolist(), history.loss[rows].tolist(), stamps, strict=True
     ):
         metrics.append(Metric("w", w, stamp, epoch))
         metrics.append(Metric("loss", loss, stamp, epoch))

@@ -2,7 +2,8 @@
 
 A run is identified by a fingerprint of everything that shaped it (the variant, its params, and
 the bytes of the data, history and model), so the same result always finds the same run, also
-after DVC restored the files from its cache.
+after DVC restored the files from its cache. How many of its epochs the run's charts hold
+(`track.max_points_per_metric`, `spread`) is how the result is shown, not part of it: no fingerprint.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from gdpipe.core.artifacts import History, TrainedModel, read_timing
 from gdpipe.core.command import InputError
@@ -34,6 +37,7 @@ class RunRecord:
     params: dict[str, object]
     tags: dict[str, str]
     history: History
+    metric_rows: np.ndarray  # the rows of `history` logged as per-epoch metrics (`spread`)
     final_metrics: dict[str, float]
     model_path: Path
     has_model: bool  # False when training diverged before its first finite step
@@ -67,6 +71,17 @@ def run_params(params: Params, variant: Variant) -> dict[str, object]:
     flat["train.device"] = "cpu" if variant == "numpy" else train.torch.device
     flat["evaluate.x"] = params.evaluate.x
     return flat
+
+
+def spread(count: int, limit: int) -> np.ndarray:
+    """Indices of at most `limit` of `count` points, evenly spread, the first and last always in; all if fewer."""
+    if count <= limit:
+        return np.arange(count, dtype=np.int64)
+    assert limit >= 2, limit  # config.TrackParams: first and last
+    # Index i * (count - 1) / (limit - 1), rounded half up in integers: exact, and strictly increasing
+    # because the step is above 1, so the gaps differ by at most one point.
+    steps = np.arange(limit, dtype=np.int64) * (count - 1)
+    return (steps + (limit - 1) // 2) // (limit - 1)
 
 
 def fingerprint(variant: str, flat_params: dict[str, object], file_hashes: dict[str, str]) -> str:
@@ -142,6 +157,12 @@ def build_record(
     }
     if model.diverged:
         tags["gdpipe.diverged_at_epoch"] = str(model.diverged_at_epoch)
+    rows = spread(history.epoch.size, params.track.max_points_per_metric)
+    if rows.size < history.epoch.size:  # a chart of fewer points than the run has: say where the rest are
+        tags["gdpipe.metric_points"] = (
+            f"w and loss at {rows.size} of {history.epoch.size} recorded epochs, evenly spread from the first "
+            f"to the last; every one in the artifact {history_path.name}"
+        )
     experiment_name = os.environ.get("DVC_EXP_NAME")
     return RunRecord(
         variant=variant,
@@ -150,6 +171,7 @@ def build_record(
         params=flat,
         tags=tags,
         history=history,
+        metric_rows=rows,
         final_metrics=final,
         model_path=model_path,
         has_model=model.w is not None,
