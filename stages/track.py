@@ -15,6 +15,8 @@ from gdpipe.core.files import read_json, write_json
 from gdpipe.track.record import build_record, lineage_tags
 from gdpipe.track.where import repo_root, tracking_uri
 
+TRACKED = ("data", "train", "evaluate", "track")  # the params dvc.yaml declares for this stage
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,6 +48,9 @@ def main(argv=None):
         )
         for variant, (model, history) in train_outputs(args.models, args.histories).items()
     ]
+    # Publishing cannot be undone: the params must still be the ones read above (and, build_record
+    # checked, the ones each model was trained with).
+    config.check_unchanged(args.params, params, TRACKED)
     from gdpipe.track import publish  # only now: mlflow takes a second to import, bad input fails before it
 
     uri = tracking_uri(repo_root())
@@ -62,6 +67,7 @@ def main(argv=None):
         found = "new run" if run["created"] else "already published as run"
         model = f"; model {run['model_name']} version {run['model_version']}" if run["model_version"] else ""
         print(f"{variant}: {found} {run['run_id']} ({experiment} at {run['tracking_uri']}){model}")
+    config.check_unchanged(args.params, params, TRACKED)  # last: DVC reads params.yaml next
 
 
 if __name__ == "__main__":
