@@ -30,6 +30,7 @@ def main(argv=None):
         "--published", required=True, help="variant -> fingerprint of its run (deterministic: a DVC output)"
     )
     parser.add_argument("--runs", required=True, help="variant -> run id and tracking URI (not a DVC output)")
+    parser.add_argument("--lock", default="dvc.lock", help="the params DVC recorded for the earlier stages")
     args = parser.parse_args(argv)
     params = config.load(args.params)
     metrics = read_json(args.metrics)
@@ -48,9 +49,11 @@ def main(argv=None):
         )
         for variant, (model, history) in train_outputs(args.models, args.histories).items()
     ]
-    # Publishing cannot be undone: the params must still be the ones read above (and, build_record
-    # checked, the ones each model was trained with).
+    # Publishing cannot be undone: the params must still be the ones read above, the ones DVC recorded
+    # for every stage before this one (no edit since they ran) and, build_record checked, the ones
+    # each model was trained with.
     config.check_unchanged(args.params, params, TRACKED)
+    config.check_recorded(args.lock, args.params, params, skip=("track",))
     from gdpipe.track import publish  # only now: mlflow takes a second to import, bad input fails before it
 
     uri = tracking_uri(repo_root())

@@ -437,3 +437,26 @@ def test_check_unchanged_of_a_file_that_became_unreadable_says_so(tmp_path, para
 def test_changes_names_keys_on_one_side_only():
     assert config.changes({"a": 1, "b": "x"}, {"a": 1, "b": "y", "c": 2.5}) == "b 'x' -> 'y'; c (none) -> 2.5"
     assert config.changes({"a": 1}, {"a": 1}) == ""
+
+
+def test_check_recorded_names_the_stage_that_ran_with_other_params(tmp_path, params):
+    """dvc.lock holds what each stage ran with; track publishes only when params.yaml still says the same."""
+    lock = tmp_path / "dvc.lock"
+    stages = {
+        "generate": {"params": {"params.yaml": {"data": params().data.model_dump()}}},
+        "train@numpy": {"params": {"params.yaml": {"train.lr": 0.01, "train.numpy": {"gradient": "mean"}}}},
+        "track": {"params": {"params.yaml": {"evaluate": {"x": 1.0}}}},  # skipped: the stage that checks
+    }
+    write_yaml(lock, {"schema": "2.0", "stages": stages})
+    config.check_recorded(lock, "params.yaml", params(), skip=("track",))
+    config.check_recorded(
+        tmp_path / "none.lock", "params.yaml", params({"data.seed": 1}), skip=()
+    )  # nothing to compare
+    with pytest.raises(config.InputError) as caught:
+        config.check_recorded(lock, "params.yaml", params({"data.seed": 1, "train.numpy.gradient": "sum"}), ("track",))
+    assert str(caught.value) == (
+        "params.yaml changed after the generate stage ran (data.seed 0 -> 1): its outputs are not of these params, "
+        "so nothing was published; run make repro again"
+    )
+    with pytest.raises(config.InputError, match=r"after the train@numpy stage ran \(train.numpy.gradient 'mean' -> "):
+        config.check_recorded(lock, "params.yaml", params({"train.numpy.gradient": "sum"}), ("track",))

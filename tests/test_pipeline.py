@@ -390,3 +390,49 @@ def test_params_edited_as_a_training_ends_are_never_published_with_its_model(own
     assert stages_run(dvc(repo, "repro", "--force", "--single-item", "train@numpy").stdout) == {"train@numpy"}
     dvc(repo, "repro")
     _assert_published_as_trained(repo, 0.002, other_lr=0.001)
+
+
+def test_params_edited_after_an_earlier_stage_ran_are_never_published_with_its_outputs(
+    own_reproduced_repo, tmp_path, reaper
+):
+    """data.true_w edited while train@numpy runs: the training does not read it, evaluate and track read the new value,
+    but the data set was generated with the old one. track compares what dvc.lock recorded for each earlier stage,
+    publishes nothing, and the next `dvc repro` generates the data again and publishes it with its own params."""
+    from mlflow import MlflowClient
+
+    from gdpipe.core import config
+    from gdpipe.core.files import file_sha256
+    from gdpipe.data import generate
+
+    repo = own_reproduced_repo
+    (repo / "src" / "sitecustomize.py").write_text(PARAMS_EDIT_HOOK)
+    _set_param(repo, "train", "lr", 0.001)  # so that train@numpy runs
+    process = subprocess.Popen(
+        [str(VENV_BIN / "dvc"), "repro"],
+        cwd=repo,
+        env=child_env(GDPIPE_TEST_PAUSE=str(tmp_path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    reaper(process)
+    wait_for((tmp_path / "started").exists, process, what="the numpy training started")
+    _set_param(repo, "data", "true_w", 3.0)
+    (tmp_path / "resume").touch()
+    stdout, stderr = process.communicate(timeout=300)
+    line = (
+        "gdpipe: error: params.yaml changed after the generate stage ran (data.true_w 2.0 -> 3.0): its outputs are not "
+        "of these params, so nothing was published; run make repro again\n"
+    )
+    assert process.returncode != 0 and stderr.count(line) == 1 and "Traceback" not in stderr, stderr
+    assert "track" in stages_run(stdout) and runs_in_store(repo / "mlruns" / "mlflow.db") == []
+    (repo / "src" / "sitecustomize.py").unlink()
+    assert "generate" in stages_run(dvc(repo, "repro").stdout)
+    params = config.load(repo / "params.yaml")
+    dataset = repo / "data" / "dataset.npy"
+    generate(params.data).save(tmp_path / "expected.npy")
+    assert (tmp_path / "expected.npy").read_bytes() == dataset.read_bytes()
+    client = MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    for run in json.loads((repo / "runs.json").read_text()).values():
+        published = client.get_run(run["run_id"]).data
+        assert published.params["data.true_w"] == "3.0" and published.tags["data.sha256"] == file_sha256(dataset)

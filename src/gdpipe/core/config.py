@@ -236,6 +236,39 @@ def check_unchanged(path: str | Path, used: Params, keys: Iterable[str]) -> None
         )
 
 
+def check_recorded(lock_path: str | Path, params_path: str | Path, params: Params, skip: Iterable[str]) -> None:
+    """InputError if dvc.lock records, for a stage not in `skip`, params other than `params` (read from `params_path`).
+
+    DVC records a stage's params as it finishes, and the stage has checked they are the ones it used: a
+    difference means params.yaml changed after that stage ran, so its outputs are not of these params.
+    Without dvc.lock (a stage run by hand) there is nothing to compare.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        lock = YAML(typ="safe").load(Path(lock_path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError, YAMLError) as err:
+        raise InputError(f"{lock_path}: cannot read: {_short(str(err), 120)} (dvc repro rewrites it)") from None
+    for stage, entry in ((lock or {}).get("stages") or {}).items():
+        if stage in skip:
+            continue
+        recorded = ((entry or {}).get("params") or {}).get(str(params_path)) or {}
+        for key, value in recorded.items():
+            try:
+                now = values(params, [key])
+            except AttributeError:  # a key this version no longer has
+                now = {}
+            changed = changes(_flatten(key, value), now)
+            if changed:
+                raise InputError(
+                    f"{params_path} changed after the {stage} stage ran ({changed}): its outputs are not of these "
+                    "params, so nothing was published; run make repro again"
+                )
+
+
 def training_keys(variant: Variant) -> tuple[str, ...]:
     """The keys that shape one variant's model (dvc.yaml's train stage also declares data.x_layout, for a warning)."""
     return ("train.lr", "train.epochs", "train.w_init", "train.log_every", f"train.{variant}")
