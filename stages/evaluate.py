@@ -32,6 +32,7 @@ def main(argv=None):
     png = draw_curves(histories, metrics["optimum"]["w_star"])  # the slow part, before either file is replaced
     write_json(args.out, metrics)
     write_bytes(args.plot, png)
+    config.check_unchanged(args.params, params, ("data.true_w", "evaluate"))  # last: DVC reads params.yaml next
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     params = config.load(args.params)
     generate(params.data).save(args.out)
+    config.check_unchanged(args.params, params, ("data",))  # last: DVC reads params.yaml next
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from gdpipe.core.files import read_json, write_json
 from gdpipe.track.record import build_record, lineage_tags
 from gdpipe.track.where import repo_root, tracking_uri
 
+TRACKED = ("data", "train", "evaluate", "track")  # the params dvc.yaml declares for this stage
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,6 +30,7 @@ def main(argv=None):
         "--published", required=True, help="variant -> fingerprint of its run (deterministic: a DVC output)"
     )
     parser.add_argument("--runs", required=True, help="variant -> run id and tracking URI (not a DVC output)")
+    parser.add_argument("--lock", default="dvc.lock", help="the params DVC recorded for the earlier stages")
     args = parser.parse_args(argv)
     params = config.load(args.params)
     metrics = read_json(args.metrics)
@@ -46,6 +49,11 @@ def main(argv=None):
         )
         for variant, (model, history) in train_outputs(args.models, args.histories).items()
     ]
+    # Publishing cannot be undone: the params must still be the ones read above, the ones DVC recorded
+    # for every stage before this one (no edit since they ran) and, build_record checked, the ones
+    # each model was trained with.
+    config.check_unchanged(args.params, params, TRACKED)
+    config.check_recorded(args.lock, args.params, params, skip=("track",))
     from gdpipe.track import publish  # only now: mlflow takes a second to import, bad input fails before it
 
     uri = tracking_uri(repo_root())
@@ -62,6 +70,7 @@ def main(argv=None):
         found = "new run" if run["created"] else "already published as run"
         model = f"; model {run['model_name']} version {run['model_version']}" if run["model_version"] else ""
         print(f"{variant}: {found} {run['run_id']} ({experiment} at {run['tracking_uri']}){model}")
+    config.check_unchanged(args.params, params, TRACKED)  # last: DVC reads params.yaml next
 
 
 if __name__ == "__main__":

@@ -28,9 +28,11 @@ def main(argv=None):
     started_ms = time.time_ns() // 1_000_000
     history = train(args.variant, dataset, params.train)
     finished_ms = time.time_ns() // 1_000_000
+    keys = config.training_keys(args.variant)
     history.write_csv(args.history)
-    TrainedModel.from_history(args.variant, history).save(args.model)
+    TrainedModel.from_history(args.variant, history, config.values(params, keys)).save(args.model)
     write_timing(args.history, started_ms, finished_ms)  # for MLflow only: times stay out of DVC's outputs
+    config.check_unchanged(args.params, params, ("data.x_layout", *keys))  # last: DVC reads params.yaml next
     if history.diverged_at:
         # Recorded, not fatal: a learning-rate sweep should still show this run; the gate rejects it.
         note = divergence_note(args.variant, history, dataset, params.train, params.data.x_layout)

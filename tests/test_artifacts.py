@@ -147,6 +147,19 @@ def _numpy_model(path: Path) -> None:
     path.write_text(path.with_name("numpy.json").read_text())
 
 
+def _old_model(path: Path) -> None:
+    """A model of the format before it recorded the params it was trained with."""
+    model = json.loads(path.read_text())
+    del model["trained_with"]
+    path.write_text(json.dumps(model))
+
+
+def _listed_params(path: Path) -> None:
+    model = json.loads(path.read_text())
+    model["trained_with"] = list(model["trained_with"])
+    path.write_text(json.dumps(model))
+
+
 def _nan_json(path: Path) -> None:
     text, count = re.subn(r'"w": [-0-9.e]+', '"w": NaN', path.read_text())
     assert count == 1
@@ -212,6 +225,15 @@ CORRUPT_INPUTS = [
         "not valid JSON (NaN is not a number gdpipe accepts)",
         EVALUATE_OUTS,
     ),
+    (
+        "evaluate",
+        EVALUATE_ARGS,
+        "models/numpy.json",
+        _old_model,
+        "expected a JSON object with the keys variant, w, epochs_trained, diverged_at_epoch, trained_with",
+        EVALUATE_OUTS,
+    ),
+    ("track", TRACK_ARGS, "models/torch.json", _listed_params, "trained_with must map each param to its value", []),
     ("track", TRACK_ARGS, "metrics.json", _not_json, "not valid JSON", []),
     ("track", TRACK_ARGS, "history/numpy.csv", _bad_row, "line 4", []),
     ("track", TRACK_ARGS, "models/torch.json", _numpy_model, "holds the numpy model, expected the torch one", []),

@@ -10,16 +10,21 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
+from ruamel.yaml import YAML
 
+from gdpipe.core import config
 from gdpipe.summary import format_summary
 from support import (
     EVALUATE_ARGS,
     EVALUATE_OUTS,
+    REPO,
+    TRAIN_ARGS,
     assert_one_error_line,
     build_workspace,
     files_under,
     load_default_params,
     run_stage,
+    runs_in_store,
     stage,
     track_here,
     with_overrides,
@@ -207,3 +212,66 @@ def test_a_diverged_run_is_reported_as_diverged_never_as_numbers(tmp_path, empty
         at = metrics[variant]["diverged_at_epoch"]
         assert version.description.endswith(f"diverged at epoch {at}, never promoted")
         assert client.get_registered_model(f"gdpipe-{variant}").aliases == {}
+
+
+# --- params.yaml edited while a stage runs (the real `dvc repro`: test_pipeline.py) ------------------
+
+
+def test_params_edited_while_training_fail_the_train_stage_in_one_line(own_workspace, monkeypatch):
+    """DVC would record the new lr beside a model trained with the old one; the stage fails instead, so it records
+    nothing."""
+    folder = own_workspace
+    module = stage("train")
+    trained = module.train
+
+    def edited_while_training(*args, **kwargs):
+        write_yaml(folder / "params.yaml", with_overrides(load_default_params(), {"train.lr": 0.02}))
+        return trained(*args, **kwargs)
+
+    monkeypatch.setattr(module, "train", edited_while_training)
+    monkeypatch.chdir(folder)
+    code, stderr = run_stage(module.main, TRAIN_ARGS)
+    assert code == 2
+    assert_one_error_line(stderr, "params.yaml changed while this stage ran (train.lr 0.01 -> 0.02)", "make repro")
+
+
+def test_track_publishes_no_model_trained_with_other_params_than_it_would_publish(own_workspace, tmp_path, empty_store):
+    """params.yaml changed after the train stage's last check, before DVC read it: dvc.lock says lr 0.02 for a model
+    trained with 0.01. The model says what it was trained with, and track refuses it, publishing nothing."""
+    folder = own_workspace
+    assert json.loads((folder / "models" / "numpy.json").read_text())["trained_with"]["train.lr"] == 0.01
+    write_yaml(folder / "params.yaml", with_overrides(load_default_params(), {"train.lr": 0.02}))
+    db = tmp_path / "store" / "mlflow.db"
+    code, stderr = track_here(folder, empty_store(db))
+    assert code == 2
+    assert_one_error_line(
+        stderr,
+        "models/numpy.json was trained with other params than params.yaml gives (train.lr 0.01 -> 0.02)",
+        "nothing was published",
+        "'.venv/bin/dvc repro --force --single-item train@numpy', then run make repro",
+    )
+    assert runs_in_store(db) == []
+    assert not (folder / "runs.json").exists() and not (folder / "published.json").exists()
+
+
+def test_each_stage_checks_the_params_dvc_yaml_declares_for_it(tmp_path, empty_store, monkeypatch):
+    """The keys a stage checks before it exits are the ones DVC records for it after: no more (an edit of a key the
+    stage never read would fail it for nothing), no fewer (DVC would record that key's new value)."""
+    checked = []
+    check = config.check_unchanged
+    monkeypatch.setattr(
+        config, "check_unchanged", lambda path, used, keys: checked.append(tuple(keys)) or check(path, used, keys)
+    )
+    folder = build_workspace(tmp_path / "ws")
+    code, stderr = track_here(folder, empty_store(tmp_path / "store" / "mlflow.db"))
+    assert code == 0, stderr
+    stages = YAML(typ="safe").load((REPO / "dvc.yaml").read_text())["stages"]
+    train = stages["train"]["params"]
+    declared = [
+        stages["generate"]["params"],
+        *([key.replace("${item.variant}", variant) for key in train] for variant in ("numpy", "torch")),
+        stages["evaluate"]["params"],
+        stages["track"]["params"],  # before publishing
+        stages["track"]["params"],  # and once more before it exits
+    ]
+    assert [sorted(keys) for keys in checked] == [sorted(keys) for keys in declared]

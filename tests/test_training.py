@@ -76,7 +76,7 @@ def test_learning_rate_just_above_the_bound_diverges_and_is_recorded(params, var
     assert history.diverged_at is not None and 300 < history.diverged_at < 2000
     assert history.epoch[-1] == history.diverged_at - 1
     assert np.all(np.isfinite(history.w)) and np.all(np.isfinite(history.loss))
-    model = TrainedModel.from_history(variant, history)
+    model = TrainedModel.from_history(variant, history, {"train.lr": 0.14})
     assert model.diverged and model.w == history.w[-1]
     note = train.divergence_note(variant, history, dataset, p.train, p.data.x_layout)
     assert (

@@ -3,7 +3,7 @@ reads and names the file in one line when it is wrong.
 
     data/dataset.npy        Dataset        written by generate, read by train, evaluate and track
     history/<variant>.csv   History        written by train: epoch, w, loss per recorded epoch
-    models/<variant>.json   TrainedModel   written by train: the final w
+    models/<variant>.json   TrainedModel   written by train: the final w, and the params it was trained with
 """
 
 from __future__ import annotations
@@ -201,22 +201,30 @@ def read_timing(history_path: str | Path) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """The final w of one variant; `w` is None when training diverged before its first finite update."""
+    """The final w of one variant; `w` is None when training diverged before its first finite update.
+
+    `trained_with` holds the params the training used ({"train.lr": 0.01, ...}), inside the file DVC
+    caches: DVC records in dvc.lock the params it reads after the stage exits, which an edit at that
+    moment makes other ones, and every later restore from DVC's cache would bring this model back
+    under them. The track stage compares the two before it publishes.
+    """
 
     variant: str
     w: float | None
     epochs_trained: int  # last epoch with a finite w and loss
     diverged_at_epoch: int | None
+    trained_with: dict[str, object]
 
     @classmethod
-    def from_history(cls, variant: str, history: History) -> TrainedModel:
-        """The model at the last recorded (always the last finite) epoch."""
+    def from_history(cls, variant: str, history: History, trained_with: dict[str, object]) -> TrainedModel:
+        """The model at the last recorded (always the last finite) epoch, trained with the params `trained_with`."""
         trained = bool(history.epoch.size)
         return cls(
             variant=variant,
             w=float(history.w[-1]) if trained else None,
             epochs_trained=int(history.epoch[-1]) if trained else 0,
             diverged_at_epoch=history.diverged_at,
+            trained_with=dict(trained_with),
         )
 
     @property
@@ -245,11 +253,17 @@ class TrainedModel:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InputError(f"{path}: {key} must be a whole number >= 0, got {value!r}")
+        trained_with = record["trained_with"]
+        if not isinstance(trained_with, dict) or not all(
+            isinstance(value, str | int | float) for value in trained_with.values()
+        ):
+            raise InputError(f"{path}: trained_with must map each param to its value, got {trained_with!r:.80}")
         return cls(
             variant=record["variant"],
             w=w,
             epochs_trained=record["epochs_trained"],
             diverged_at_epoch=record["diverged_at_epoch"],
+            trained_with=trained_with,
         )
 
 

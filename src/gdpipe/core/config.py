@@ -1,5 +1,10 @@
 """params.yaml, read in exactly one place and turned into one frozen, validated `Params` object.
 
+A stage reads it once, when it starts; DVC reads it again after the stage exits, to record in
+dvc.lock the values the stage's outputs were made with. A stage therefore checks, as it ends, that
+the file still gives the values it used (`check_unchanged`): an edit or a `git pull` while it ran
+fails the stage, so DVC records nothing for it and the next `dvc repro` runs it again.
+
 The YAML is read the way DVC reads it (ruamel.yaml, safe loader, YAML 1.2), so `lr: 1e-3` is a
 number for both, duplicate keys are an error and tags that would build Python objects are refused.
 Every problem becomes an `InputError` whose one line names the file, the key, the value and what
@@ -8,6 +13,7 @@ is allowed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -179,6 +185,97 @@ def load(path: str | Path) -> Params:
         return Params.model_validate(document)
     except ValidationError as err:
         raise InputError(f"{path}: {_describe(err)}") from None
+
+
+def values(params: Params, keys: Iterable[str]) -> dict[str, Any]:
+    """The values under `keys` (dotted, as in dvc.yaml: a section "data" or a key "train.lr"), one per dotted key:
+    {"train.lr": 0.01, "train.numpy.gradient": "mean"}."""
+    flat: dict[str, Any] = {}
+    for key in keys:
+        node: Any = params
+        for part in key.split("."):
+            node = getattr(node, part)
+        flat |= _flatten(key, node.model_dump() if isinstance(node, BaseModel) else node)
+    return flat
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    return {key: leaf for name, inner in value.items() for key, leaf in _flatten(f"{prefix}.{name}", inner).items()}
+
+
+def changes(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The keys whose values differ, as "train.lr 0.01 -> 0.02" joined by "; "; empty if none do."""
+
+    def shown(side: dict[str, Any], key: str) -> str:
+        return _short(repr(side[key])) if key in side else "(none)"
+
+    keys = [*before, *(key for key in after if key not in before)]
+    return "; ".join(
+        f"{key} {shown(before, key)} -> {shown(after, key)}"
+        for key in keys
+        if key not in before or key not in after or before[key] != after[key]
+    )
+
+
+def check_unchanged(path: str | Path, used: Params, keys: Iterable[str]) -> None:
+    """InputError unless `path` still gives the values of `keys` that a stage read from it as `used`.
+
+    The keys are the ones dvc.yaml declares for the stage: DVC reads them after the stage exits, and
+    would record new values beside outputs made with the old ones.
+    """
+    keys = tuple(keys)
+    try:
+        now = load(path)
+    except InputError as err:
+        raise InputError(
+            f"{path} changed while this stage ran and cannot be read now ({err}): fix it, then run make repro again"
+        ) from None
+    changed = changes(values(used, keys), values(now, keys))
+    if changed:
+        raise InputError(
+            f"{path} changed while this stage ran ({changed}): its outputs were made with the old values, "
+            "so DVC records nothing for it; run make repro again"
+        )
+
+
+def check_recorded(lock_path: str | Path, params_path: str | Path, params: Params, skip: Iterable[str]) -> None:
+    """InputError if dvc.lock records, for a stage not in `skip`, params other than `params` (read from `params_path`).
+
+    DVC records a stage's params as it finishes, and the stage has checked they are the ones it used: a
+    difference means params.yaml changed after that stage ran, so its outputs are not of these params.
+    Without dvc.lock (a stage run by hand) there is nothing to compare.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        lock = YAML(typ="safe").load(Path(lock_path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError, YAMLError) as err:
+        raise InputError(f"{lock_path}: cannot read: {_short(str(err), 120)} (dvc repro rewrites it)") from None
+    for stage, entry in ((lock or {}).get("stages") or {}).items():
+        if stage in skip:
+            continue
+        recorded = ((entry or {}).get("params") or {}).get(str(params_path)) or {}
+        for key, value in recorded.items():
+            try:
+                now = values(params, [key])
+            except AttributeError:  # a key this version no longer has
+                now = {}
+            changed = changes(_flatten(key, value), now)
+            if changed:
+                raise InputError(
+                    f"{params_path} changed after the {stage} stage ran ({changed}): its outputs are not of these "
+                    "params, so nothing was published; run make repro again"
+                )
+
+
+def training_keys(variant: Variant) -> tuple[str, ...]:
+    """The keys that shape one variant's model (dvc.yaml's train stage also declares data.x_layout, for a warning)."""
+    return ("train.lr", "train.epochs", "train.w_init", "train.log_every", f"train.{variant}")
 
 
 def _read_yaml(path: Path) -> Any:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gdpipe.core import config
 from gdpipe.core.artifacts import History, TrainedModel, read_timing
 from gdpipe.core.command import InputError
 from gdpipe.core.config import Params, Variant
@@ -115,6 +116,23 @@ def _git(workdir: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=workdir, capture_output=True, text=True, check=True).stdout
 
 
+def check_trained_with(model: TrainedModel, model_path: Path, params: Params) -> None:
+    """InputError unless the model was trained with the params about to be published with it.
+
+    They differ when params.yaml changed as the train stage ended, after its own check: DVC then
+    recorded the new values for the model in dvc.lock and in its run cache, so a plain `dvc repro`
+    would bring the same model back; only a forced run of that stage trains it again.
+    """
+    changed = config.changes(model.trained_with, config.values(params, config.training_keys(model.variant)))
+    if changed:
+        stage = f"train@{model.variant}"
+        raise InputError(
+            f"{model_path} was trained with other params than params.yaml gives ({changed}): params.yaml changed "
+            f"as the {stage} stage ended, after its last check; nothing was published: train it again with "
+            f"'.venv/bin/dvc repro --force --single-item {stage}', then run make repro"
+        )
+
+
 def build_record(
     params: Params,
     metrics: dict,
@@ -129,6 +147,7 @@ def build_record(
     """Read one variant's outputs and assemble its run; InputError naming the file if one is bad."""
     history = History.read_csv(history_path)
     model = TrainedModel.load(model_path, variant)
+    check_trained_with(model, model_path, params)
     section = metrics.get(variant) if isinstance(metrics, dict) else None
     if not isinstance(section, dict):
         raise InputError(f"{metrics_path}: no section for the variant {variant!r} (rerun the evaluate stage)")
