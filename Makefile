@@ -72,9 +72,12 @@ repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 test: $(STAMP)  ## run the tests
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
-lint: $(STAMP)  ## ruff: lint and format check (make lint FIX=1 fixes what it can)
+# actionlint checks every file in .github/workflows, without shellcheck and pyflakes: those run only
+# where they happen to be on PATH, and lint passes or fails alike on every machine.
+lint: $(STAMP)  ## ruff: lint and format check (make lint FIX=1 fixes what it can); actionlint: the CI workflow
 	$(BIN)/ruff check $(if $(FIX),--fix) .
 	$(BIN)/ruff format $(if $(FIX),,--check) .
+	$(BIN)/actionlint -shellcheck= -pyflakes=
 
 # The gate runs this checkout's src/ (PYTHONPATH), as the stages do, also from a git worktree.
 GATE := PYTHONPATH=src $(BIN)/python -m gdpipe.gate --params params.yaml --metrics metrics.json \
