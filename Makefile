@@ -128,10 +128,6 @@ ui: $(STAMP)  ## the MLflow UI for this project's runs, on http://127.0.0.1:5000
 # DVC's experiment executor writes the cache's path into its copy's config as ASCII (ConfigObj's default),
 # so in a folder whose path is not ASCII every queued run fails, said only in a worker's log: say it first.
 sweep: $(STAMP)  ## a learning-rate sweep (SWEEP_LRS) as queued DVC experiments
-	@if pwd -P | LC_ALL=C grep -q '[^ -~]'; then echo "gdpipe: error: make sweep: DVC's queued experiments \
-	fail in a folder whose path is not ASCII ($$(pwd -P)): DVC writes its cache's path to a config file as \
-	ASCII (UnicodeEncodeError in .dvc/tmp/exps/celery/*.out); clone or move the project to an ASCII path, \
-	then make sweep" >&2; exit 2; fi
 	for lr in $(SWEEP_LRS); do $(BIN)/dvc exp run --queue -S train.lr=$$lr || exit 2; done
 	$(BIN)/dvc queue start -j 2
 	for i in $$(seq 900); do $(BIN)/dvc queue status | grep -qE 'Queued|Running' || break; sleep 2; done

@@ -1,7 +1,8 @@
 """The README's quick start as a stranger runs it: an unprivileged account (nobody, when the tests run as root),
 the operating system's python3, no git identity, a new HOME, and the clone in a folder whose name has a space,
 a `%` and a non-ASCII letter. `make repro` leaves `git status` clean; after `make push`, a second clone's
-`make pull` then `make repro` trains nothing; `dvc exp run --temp` works without a git identity.
+`make pull` then `make repro` trains nothing; `dvc exp run --temp` works without a git identity (DVC cannot run
+it under a non-ASCII path, an upstream bug: there it is one line, and the second clone's folder is ASCII).
 
 The first `make repro` creates the venv as a user would (pip, the operating system's python3): this is the
 suite's slowest test, on purpose.
@@ -71,11 +72,20 @@ def test_quick_start_push_pull_and_experiments_as_a_stranger(stranger_home):
     assert version.strip() == system_version.decode().strip()
     assert run("git", "status", "--porcelain") == "", "make repro changed tracked files (dvc.lock, metrics.json?)"
     run("make", "push")
+    assert (folder / "gdpipe-storage").is_dir()
 
-    second = folder / "second"
-    run("git", "clone", "-q", str(first), str(second), cwd=folder)
-    (second / ".venv").symlink_to(first / ".venv")  # one venv for both clones, as in the README's team setup
+    # DVC's temporary experiments cannot run under a non-ASCII path (an upstream bug): one line, at once.
+    refused = run(".venv/bin/dvc", "exp", "run", "--temp", "-S", "train.lr=0.02", expect=2)
+    assert (
+        refused.startswith("gdpipe: error: DVC cannot run temporary or queued experiments") and refused.count("\n") == 1
+    )
+
+    # A teammate's clone in a folder with a space and a % (ASCII), pulling from the first one's remote.
+    second = stranger_home / "gd pipe 100%" / "second"
+    run("git", "clone", "-q", str(first), str(second), cwd=stranger_home)
+    (second / ".venv").symlink_to(first / ".venv")  # one venv for both clones: the first one's
     run("touch", ".venv/.installed", cwd=first)  # the second clone's files are newer: keep make from reinstalling
+    run(".venv/bin/dvc", "remote", "modify", "--local", "storage", "url", str(folder / "gdpipe-storage"), cwd=second)
     run("make", "pull", cwd=second)
     again = run("make", "repro", cwd=second)
     assert "Running stage 'train" not in again and "Running stage 'generate'" not in again, again

@@ -130,7 +130,9 @@ def test_make_sweep_in_a_folder_whose_path_is_not_ascii_stops_at_once_with_the_c
     done = make(repo, "sweep", "SWEEP_LRS=0.05", timeout=600)
     assert done.returncode == 2
     error, make_line = done.stderr.splitlines()
-    assert error.startswith("gdpipe: error: make sweep: DVC's queued experiments fail in a folder whose path is not ")
-    assert f"({repo.resolve()})" in error and "clone or move the project to an ASCII path" in error
+    assert error.startswith(
+        "gdpipe: error: DVC cannot run temporary or queued experiments in a folder whose path is not"
+    )
+    assert f"({repo.resolve()})" in error and "clone the project to an ASCII path" in error
     assert make_line.endswith("Error 2") and "Queued experiment" not in done.stdout
     assert not (repo / ".dvc" / "tmp" / "exps").exists()

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from gdpipe import venv
+from support import REPO
 
 IDENTITY_KEYS = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
 
@@ -71,3 +72,29 @@ def test_only_dvc_processes_get_an_identity(repo, monkeypatch, argv0, supplied):
     monkeypatch.setenv("PATH", os.environ["PATH"])  # start() also puts the tools on PATH: restored afterwards
     venv.start()
     assert (os.environ.get("GIT_AUTHOR_NAME") == venv.EXPERIMENT_IDENTITY[0]) is supplied
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (["exp", "run", "--temp", "-S", "train.lr=0.1"], True),
+        (["exp", "run", "--queue"], True),
+        (["queue", "start", "-j", "2"], True),
+        (["exp", "run", "-S", "train.lr=0.1"], False),  # in the workspace: no copy, it works
+        (["repro"], False),
+    ],
+)
+def test_experiments_dvc_cannot_run_in_a_non_ascii_folder_stop_in_one_line(tmp_path, args, refused):
+    folder = tmp_path / "é"
+    folder.mkdir()
+    program = f"import sys; sys.path.insert(0, {str(REPO / 'src')!r}); from gdpipe import venv; "
+    program += f"venv.refuse_experiments_dvc_cannot_run({args!r}, {str(folder)!r}); print('went on')"
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    if refused:
+        assert (done.returncode, done.stdout) == (2, "")
+        assert done.stderr.startswith("gdpipe: error: DVC cannot run temporary or queued experiments in a folder")
+        assert f"({folder})" in done.stderr and done.stderr.count("\n") == 1
+    else:
+        assert (done.returncode, done.stdout, done.stderr) == (0, "went on\n", "")
+    ascii_folder = str(tmp_path)  # the same command in an ASCII folder goes on
+    assert venv.refuse_experiments_dvc_cannot_run(args, ascii_folder) is None

@@ -8,6 +8,9 @@
   account has none. For a DVC process only, and only when git has no identity, gdpipe names one in the
   environment (GIT_AUTHOR_* and GIT_COMMITTER_*, which git and DVC read): the user's git config is never
   written, and a configured identity always wins.
+- DVC's temporary and queued experiments run in a copy whose config DVC writes as ASCII (configobj, in its
+  executor): in a folder whose path is not ASCII they fail with a UnicodeEncodeError, a queued one only in its
+  worker's log. Such a command stops at once, in one line that says why and what works.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ def start() -> None:
     """Both settings above, for this process and the ones it starts. Costs nothing outside DVC."""
     put_tools_on_path()
     if os.path.basename(sys.argv[0] if sys.argv else "") == "dvc":
+        refuse_experiments_dvc_cannot_run(sys.argv[1:], os.getcwd())
         supply_git_identity()
 
 
@@ -33,6 +37,20 @@ def put_tools_on_path() -> None:
     path = os.environ.get("PATH", os.defpath)
     if tools and path.split(os.pathsep)[0] != tools:
         os.environ["PATH"] = tools + os.pathsep + path
+
+
+def refuse_experiments_dvc_cannot_run(args: list[str], folder: str) -> None:
+    """Exit 2 with one line for a temporary or queued experiment in a folder whose path is not ASCII."""
+    in_a_copy = ("exp" in args and {"--temp", "--queue", "--run-all"} & set(args)) or args[:2] == ["queue", "start"]
+    if in_a_copy and not folder.isascii():
+        print(
+            f"gdpipe: error: DVC cannot run temporary or queued experiments in a folder whose path is not ASCII "
+            f"({folder}): it writes the cache's path into the experiment's copy as ASCII (an upstream bug); run "
+            "dvc exp run without --temp or --queue here, or clone the project to an ASCII path",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(2)  # not SystemExit: Python is still importing site, which would turn it into a fatal error
 
 
 def supply_git_identity() -> None:
