@@ -74,6 +74,7 @@ def test_quick_start_push_pull_and_experiments_as_a_stranger(stranger_home):
     # The remote in the teammate's (ASCII) folder: DVC writes its config as ASCII (upstream), so a remote's
     # path cannot hold the é; the second clone's default remote, ../../gdpipe-storage, is then this one.
     storage = stranger_home / "gd pipe 100%" / "gdpipe-storage"
+    run("mkdir", str(storage.parent))  # a remote's parent folder must exist (make push says so otherwise)
     run(".venv/bin/dvc", "remote", "modify", "--local", "storage", "url", str(storage))
     run("make", "push")
     assert storage.is_dir()
