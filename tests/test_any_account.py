@@ -88,6 +88,9 @@ def test_quick_start_push_pull_and_experiments_as_a_stranger(stranger_home):
     # A teammate's clone in a folder with a space and a % (ASCII), pulling from the remote beside it.
     second = stranger_home / "gd pipe 100%" / "second"
     run("git", "clone", "-q", str(first), str(second), cwd=stranger_home)
+    # A teammate clones from the team's git host: an origin named by an ASCII URL (DVC's experiments copy
+    # .git/config, and the first clone's path has an é).
+    run("git", "remote", "set-url", "origin", "https://git.example.invalid/team/gdpipe.git", cwd=second)
     (second / ".venv").symlink_to(first / ".venv")  # one venv for both clones: the first one's
     run("touch", ".venv/.installed", cwd=first)  # the second clone's files are newer: keep make from reinstalling
     run("make", "pull", cwd=second)

@@ -98,3 +98,16 @@ def test_experiments_dvc_cannot_run_in_a_non_ascii_folder_stop_in_one_line(tmp_p
         assert (done.returncode, done.stdout, done.stderr) == (0, "went on\n", "")
     ascii_folder = str(tmp_path)  # the same command in an ASCII folder goes on
     assert venv.refuse_experiments_dvc_cannot_run(args, ascii_folder) is None
+
+
+def test_a_non_ascii_value_in_git_config_stops_a_temporary_experiment_in_one_line(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "remote", "add", "origin", "/srv/é/gdpipe"], check=True)
+    (tmp_path / "sub").mkdir()
+    program = f"import sys; sys.path.insert(0, {str(REPO / 'src')!r}); from gdpipe import venv; "
+    program += f"venv.refuse_experiments_dvc_cannot_run(['exp', 'run', '--temp'], {str(tmp_path / 'sub')!r})"
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "the repository's .git/config holds a value that is not ASCII" in done.stderr
+    subprocess.run(["git", "-C", str(tmp_path), "remote", "set-url", "origin", "/srv/e/gdpipe"], check=True)
+    assert venv.refuse_experiments_dvc_cannot_run(["exp", "run", "--temp"], str(tmp_path / "sub")) is None

@@ -40,17 +40,40 @@ def put_tools_on_path() -> None:
 
 
 def refuse_experiments_dvc_cannot_run(args: list[str], folder: str) -> None:
-    """Exit 2 with one line for a temporary or queued experiment in a folder whose path is not ASCII."""
+    """Exit 2 with one line for a temporary or queued experiment that DVC cannot set up: the folder's path, or a
+    value in the repository's .git/config (which DVC copies too, a clone's origin say), is not ASCII."""
     in_a_copy = ("exp" in args and {"--temp", "--queue", "--run-all"} & set(args)) or args[:2] == ["queue", "start"]
-    if in_a_copy and not folder.isascii():
-        print(
-            f"gdpipe: error: DVC cannot run temporary or queued experiments in a folder whose path is not ASCII "
-            f"({folder}): it writes the cache's path into the experiment's copy as ASCII (an upstream bug); run "
-            "dvc exp run without --temp or --queue here, or clone the project to an ASCII path",
-            file=sys.stderr,
-            flush=True,
-        )
-        os._exit(2)  # not SystemExit: Python is still importing site, which would turn it into a fatal error
+    if not in_a_copy:
+        return
+    if not folder.isascii():
+        cause = f"in a folder whose path is not ASCII ({folder})"
+        remedy = "clone the project to an ASCII path"
+    elif not _git_config_is_ascii(folder):
+        cause = "while the repository's .git/config holds a value that is not ASCII"
+        remedy = "remove that value (git config --local --list shows it; a clone's remote.origin.url, say)"
+    else:
+        return
+    print(
+        f"gdpipe: error: DVC cannot run temporary or queued experiments {cause}: it writes its configuration into "
+        f"the experiment's copy as ASCII (an upstream bug); run dvc exp run without --temp or --queue, or {remedy}",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(2)  # not SystemExit: Python is still importing site, which would turn it into a fatal error
+
+
+def _git_config_is_ascii(folder: str) -> bool:
+    """Whether the .git/config of the repository holding `folder` is ASCII (True when there is none)."""
+    current = folder
+    while True:
+        config = os.path.join(current, ".git", "config")
+        if os.path.isfile(config):
+            with open(config, "rb") as handle:
+                return handle.read().isascii()
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        current = parent
 
 
 def supply_git_identity() -> None:
