@@ -394,7 +394,12 @@ def test_values_flattens_sections_and_keys_under_their_dotted_names(params):
         "train.log_every": 1,
         "train.numpy.gradient": "mean",
     }
-    assert set(config.values(params(), ["evaluate", "track"])) == {"evaluate.x", "track.experiment", "track.model_name"}
+    assert set(config.values(params(), ["evaluate", "track"])) == {
+        "evaluate.x",
+        "track.experiment",
+        "track.model_name",
+        "track.max_points_per_metric",
+    }
 
 
 def test_check_unchanged_passes_when_the_keys_a_stage_read_are_unchanged(tmp_path, params):

@@ -136,11 +136,18 @@ metrics = read_json(workspace / "metrics.json")
 dataset = Dataset.load(workspace / "data/dataset.npy")
 while not go.exists():  # both workers start publishing at the same moment, on a store that does not exist yet
     time.sleep(0.005)
+def model_trained_with(variant, lr):  # the workspace's model, as if trained with lr (build_record checks it)
+    model = read_json(workspace / f"models/{variant}.json")
+    model["trained_with"]["train.lr"] = lr
+    path = Path(go.parent / f"{go.name}-{variant}-{lr}.json")
+    path.write_text(json.dumps(model))
+    return path
+
 for lr in lrs:
     variant_params = params.model_copy(update={"train": params.train.model_copy(update={"lr": lr})})
     records = [
         build_record(variant_params, metrics, workspace / "data/dataset.npy", v, workspace / f"history/{v}.csv",
-                     workspace / f"models/{v}.json", workspace / "metrics.json", (workspace / "plots/curves.png",), {})
+                     model_trained_with(v, lr), workspace / "metrics.json", (workspace / "plots/curves.png",), {})
         for v in ("numpy", "torch")
     ]
     published = publish.publish(records, dataset, "gradient-descent", "gdpipe", uri)
