@@ -7,7 +7,6 @@ import errno
 import fcntl
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gdpipe.core import store_uri
 from gdpipe.core.command import InputError
 from gdpipe.core.store_uri import redact
+from gdpipe.core.wait import wait_until
 
 # What a failing store raises through MLflow's API: MLflow's own errors, and for a sqlite store the
 # database's (SQLAlchemy's) and the file system's.
@@ -87,22 +87,26 @@ def wait_until_free(uri: str) -> None:
     if database is None or not database.exists():
         return
     seconds = store_wait()
-    deadline = time.monotonic() + seconds
     try:
         with contextlib.closing(sqlite3.connect(database, timeout=0, isolation_level=None)) as connection:
-            while True:
-                try:
-                    connection.execute("BEGIN EXCLUSIVE")
-                    connection.execute("ROLLBACK")
-                    return
-                except sqlite3.OperationalError as err:
-                    if "locked" not in str(err) or time.monotonic() >= deadline:
-                        raise
-                time.sleep(0.1)
-    except sqlite3.Error as err:
-        if "locked" in str(err):
-            locked = _locked(database, f"for {seconds:g} s (GDPIPE_STORE_WAIT)")
-            raise InputError(f"MLflow tracking store {redact(uri)} {locked}") from None
+            free = wait_until(lambda: _free(connection), seconds, 0.1)
+    except sqlite3.Error:
+        return  # not a lock (no file yet, a damaged one): MLflow's next call says it in words
+    if not free:
+        locked = _locked(database, f"for {seconds:g} s (GDPIPE_STORE_WAIT)")
+        raise InputError(f"MLflow tracking store {redact(uri)} {locked}")
+
+
+def _free(connection: sqlite3.Connection) -> bool:
+    """True when an exclusive lock can be taken (and is let go at once); False while another process holds one."""
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+        connection.execute("ROLLBACK")
+    except sqlite3.OperationalError as err:
+        if "locked" not in str(err):
+            raise
+        return False
+    return True
 
 
 def _locked(database: Path, how_long: str) -> str:
