@@ -211,18 +211,20 @@ def _chain(err: BaseException | None) -> Iterator[BaseException]:
 def half_built(database: Path) -> bool:
     """True for a sqlite store whose first setup was cut short (a kill, a full disk): MLflow cannot open it.
 
-    MLflow makes its Default experiment (id 0) once all its tables are made, so a store without it
-    is half-built; one that can be read and holds no run or model either is safe to make anew. A store
-    that cannot be read, or holds anything, is not half-built: it is never deleted.
+    A setup MLflow finished leaves at least two rows (its schema's version, then the Default experiment,
+    made last), so a file with at most one row in all its tables holds no run or model and is safe to make
+    anew. A store that cannot be read, or holds more, is not half-built: it is never deleted.
     """
+    # sqlite's own catalog, not MLflow's tables: MLflow's API cannot open such a store, so no public way can
+    # tell what it holds, and counting every table's rows needs no knowledge of MLflow's schema.
     try:
         with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as connection:
-            tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            default = "SELECT count(*) FROM experiments WHERE experiment_id = 0"
-            if "experiments" in tables and connection.execute(default).fetchone() != (0,):
-                return False
-            held = [table for table in ("runs", "registered_models", "experiments") if table in tables]
-            return all(connection.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,) for table in held)
+            tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            rows = 0
+            for table in tables:
+                quoted = table.replace('"', '""')
+                rows += connection.execute(f'SELECT count(*) FROM "{quoted}"').fetchone()[0]
+            return rows <= 1
     except sqlite3.Error:
         return False  # unreadable: it may hold runs
 
