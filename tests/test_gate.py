@@ -188,20 +188,20 @@ def test_a_relative_bound_with_no_baseline_value_passes_but_says_so_and_a_diverg
 # --- the comparison with a baseline (the git side: test_gate_command.py) -------------------------
 
 
-def test_a_metric_or_param_on_one_side_only_shows_a_dash_and_no_change():
-    base = {"numpy": {"loss": 1e-12, "diverged": False}, "old": {"x": 1}}
-    now = {"numpy": {"loss": 1e-12, "diverged": True, "w": 2.5}}
-    assert gate.diff_metrics(base, now) == [
-        ("numpy.diverged", "false", "true", "-"),
-        ("numpy.loss", "1e-12", "1e-12", "0"),
-        ("numpy.w", "-", "2.5", "-"),
-        ("old.x", "1", "-", "-"),
-    ]
-    changes = gate.Comparison("main", gate.diff_metrics(base, now), gate.diff_params({"train": {"lr": 0.1}}, {}))
-    assert changes.params == [("train.lr", "0.1", "-")]
+def test_the_summary_counts_a_metric_on_one_side_only_as_changed_and_each_param_that_differs():
+    # As `dvc metrics diff --all --json` and `dvc params diff --json` give them; the tables are DVC's --md.
+    metrics = {
+        "m.json": {
+            "numpy.diverged": {"old": False, "new": True},
+            "numpy.loss": {"old": 1e-12, "new": 1e-12, "diff": 0.0},
+            "numpy.w": {"old": None, "new": 2.5},
+            "old.x": {"old": 1, "new": None},
+        }
+    }
+    params = {"p.yaml": {"train.lr": {"old": 0.1, "new": None}}}
+    changes = gate.Comparison("main", metrics, params, "| Path | Metric |\n")
     assert changes.summary() == "3 of 4 metrics changed, 1 param differs"
-    assert changes.markdown("m.json", "p.yaml").splitlines()[-3:] == [
-        "| Path | Param | main | workspace |",
-        "| --- | --- | --- | --- |",
-        "| p.yaml | train.lr | 0.1 | - |",
-    ]
+    summary = "3 of 4 metrics changed, 1 param differs."
+    assert changes.markdown() == f"### Compared with main\n\n{summary}\n\n| Path | Metric |\n"
+    two = {"p.yaml": {"train.lr": {"old": 0.1, "new": 0.2}, "train.epochs": {"old": 100, "new": 5}}}
+    assert gate.Comparison("main", {}, two, "").summary() == "0 of 0 metrics changed, 2 params differ"

@@ -1,4 +1,4 @@
-"""Progress bars: drawn on stderr when it is a terminal, nothing at all otherwise."""
+"""Progress bars (tqdm with disable=None): drawn on stderr when it is a terminal, nothing at all otherwise."""
 
 from __future__ import annotations
 

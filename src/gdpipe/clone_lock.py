@@ -15,10 +15,10 @@ import argparse
 import fcntl
 import os
 import sys
-import time
 from pathlib import Path
 
 from gdpipe.core.command import InputError, run_command
+from gdpipe.core.wait import wait_until
 
 LOCK = Path(".dvc/tmp/gdpipe-repro.lock")  # DVC's own temporary folder, which git ignores
 POLL_S = 0.2
@@ -41,14 +41,11 @@ def main(argv=None):
             file=sys.stderr,
             flush=True,
         )
-        deadline = time.monotonic() + args.wait
-        while not _take(handle):
-            if time.monotonic() >= deadline:
-                raise InputError(
-                    f"another make repro, check or promote still runs dvc repro in this clone after {args.wait:g} s "
-                    f"(it holds {LOCK}): let it finish or stop it, then run this again"
-                )
-            time.sleep(POLL_S)
+        if not wait_until(lambda: _take(handle), args.wait, POLL_S):
+            raise InputError(
+                f"another make repro, check or promote still runs dvc repro in this clone after {args.wait:g} s "
+                f"(it holds {LOCK}): let it finish or stop it, then run this again"
+            )
     os.set_inheritable(handle.fileno(), True)
     try:
         os.execvp(command[0], command)

@@ -8,7 +8,8 @@ pull-request comment with the loss curves beside it and the verdict as JSON besi
 fails, 2 when the input is bad (invalid thresholds, no metrics.json, an unknown baseline revision).
 Every variant must also have trained without diverging: that check needs no threshold. The report
 also compares every metric and the params that differ with a baseline revision (--baseline; by default
-origin/$GITHUB_BASE_REF on a pull request in CI, else HEAD), read through dvc.api.
+origin/$GITHUB_BASE_REF on a pull request in CI, else HEAD): the tables are `dvc metrics diff --md` and
+`dvc params diff --md`; the baseline a relative bound reads is metrics.json as git holds it there.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import argparse
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,6 @@ from gdpipe.core.files import atomic_write, file_sha256, read_json, write_bytes,
 EXIT_FAILED = 1
 BOTH = "both"  # the variant column of a metric that compares the variants (parity)
 HEADER = ("metric", "variant", "value", "bound", "result")
-MISSING = object()  # a metric or param one side of a comparison does not have
 
 
 @dataclass(frozen=True)
@@ -197,42 +199,52 @@ def format_markdown(
 
 
 def load_baselines(metrics_path: str | Path, thresholds: Mapping[str, Bound]) -> dict[str, dict]:
-    """metrics.json as committed at each revision a relative bound names, read through DVC (as `dvc metrics show`)."""
+    """metrics.json as committed at each revision a relative bound names (metrics.json is not cached: git holds it)."""
     revs = sorted({bound.baseline_rev for bound in thresholds.values() if bound.max_rel_increase is not None})
     return {rev: read_metrics_at(metrics_path, rev, "thresholds: baseline_rev") for rev in revs}
 
 
 def read_metrics_at(path: str | Path, rev: str, asked: str) -> dict:
-    """The metrics file at `rev` through `dvc.api.metrics_show`; InputError starting with `asked` if unreadable."""
-    # Imported only here: DVC takes a second to import and needs a git repository.
-    import dvc.api
-
-    document = _read_at(lambda: dvc.api.metrics_show(str(path), rev=rev), path, rev, asked)
+    """The metrics file committed at `rev`; InputError starting with `asked` if it cannot be read."""
+    text = _git_file_at(path, rev, asked)
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
     if not isinstance(document, dict):
         raise InputError(f"{asked} {rev!r}: {path} there is not a metrics file written by the evaluate stage")
     return document
 
 
-def _read_at(read: Callable[[], Any], path: str | Path, rev: str, asked: str) -> Any:
-    """`read()`, a dvc.api call at `rev`; its failures as InputError: "<asked> 'rev' is not a revision ..."."""
-    from dvc.exceptions import DvcException
-    from dvc.scm import CloneError, RevError
-
-    where, at = asked.rpartition(" ")[::2]  # "thresholds: baseline_rev" -> "thresholds:", "baseline_rev"
-    where = f"{where} " if where else ""
-    try:
-        return read()
-    except RevError:
-        raise InputError(f"{asked} {rev!r} is not a revision of this git repository") from None
-    except CloneError:  # what dvc.api raises outside a git repository
-        raise InputError(f"{where}cannot read {path} at {at} {rev!r}: this folder is not in a git repository") from None
-    except FileNotFoundError:
-        raise InputError(f"{where}{path} does not exist at {at} {rev!r}; commit it there first") from None
-    except DvcException as err:
-        raise InputError(f"{where}cannot read {path} at {at} {rev!r}: {err}") from None
+def _git_file_at(path: str | Path, rev: str, asked: str) -> str:
+    """`path` (relative to this folder) as committed at `rev`, through git; its failures as InputError:
+    "<asked> 'rev' is not a revision ...", "... does not exist at <rev>; commit it there first"."""
+    where, at = _places(asked)
+    if _git("rev-parse", "--is-inside-work-tree").returncode != 0:
+        raise InputError(f"{where}cannot read {path} at {at} {rev!r}: this folder is not in a git repository")
+    if rev.startswith("-") or _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").returncode != 0:
+        raise InputError(f"{asked} {rev!r} is not a revision of this git repository")
+    shown = _git("cat-file", "blob", f"{rev}:./{os.path.relpath(path)}")
+    if shown.returncode != 0:
+        raise InputError(f"{where}{path} does not exist at {at} {rev!r}; commit it there first")
+    return shown.stdout
 
 
-# --- the comparison with a baseline revision, as `dvc metrics diff` and `dvc params diff` show it ------
+def _places(asked: str) -> tuple[str, str]:
+    """Where an error starts and what the revision was called: ("thresholds: ", "baseline_rev") or ("", "baseline")."""
+    where, _, at = asked.rpartition(" ")
+    return (f"{where} " if where else ""), at
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], capture_output=True, text=True, encoding="utf-8")
+
+
+# --- the comparison with a baseline revision: `dvc metrics diff` and `dvc params diff` ------------
+
+# Decimal places DVC rounds metrics to in the report (its default, 5, shows a loss of 1e-12 as 0.0):
+# 18 shows the lesson's loss, 8.98837e-13, to the 6 significant digits the gate prints.
+PRECISION = 18
 
 
 def default_baseline() -> str:
@@ -241,86 +253,48 @@ def default_baseline() -> str:
     return f"origin/{target}" if target else "HEAD"
 
 
-def flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"numpy": {"loss": 1}} -> {"numpy.loss": 1}, as DVC names metrics and params."""
-    flat = {}
-    for key, value in document.items():
-        if isinstance(value, Mapping):
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def compare(rev: str, metrics_path: str, params_path: str, asked: str) -> Comparison:
+    """The metrics and params at `rev` against the workspace's; InputError (starting with `asked`) if `rev` cannot be
+    read."""
+    for path in (metrics_path, params_path):  # the same checks and messages as the gate's own baseline
+        _git_file_at(path, rev, asked)
+    where, at = _places(asked)
 
+    def dvc(command: str, path: str, *options: str) -> str:
+        argv = [sys.executable, "-m", "dvc", command, "diff", rev, "--targets", path, *options]
+        done = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8")
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or [f"dvc {command} diff exited with {done.returncode}"])[-1]
+            raise InputError(f"{where}cannot read {path} at {at} {rev!r}: {why.removeprefix('ERROR: ')}")
+        return done.stdout
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _shown(value: Any) -> str:
-    if value is MISSING:
-        return "-"
-    if _is_number(value):
-        return _number(value)
-    return json.dumps(value) if not isinstance(value, str) else value
-
-
-def diff_metrics(base: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(metric, baseline, workspace, change) for every metric of either side, by name (`dvc metrics diff --all`)."""
-    base, now = flatten(base), flatten(now)
-    rows = []
-    for name in sorted(base.keys() | now.keys()):
-        old, new = base.get(name, MISSING), now.get(name, MISSING)
-        change = _number(new - old) if _is_number(old) and _is_number(new) else "-"
-        rows.append((name, _shown(old), _shown(new), change))
-    return rows
-
-
-def diff_params(base: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """(param, baseline, workspace) for each param that differs, sorted by name: `dvc params diff`."""
-    base, now = flatten(base), flatten(now)
-    names = sorted(name for name in base.keys() | now.keys() if base.get(name, MISSING) != now.get(name, MISSING))
-    return [(name, _shown(base.get(name, MISSING)), _shown(now.get(name, MISSING))) for name in names]
-
-
-def compare(rev: str, metrics_path: str, metrics: Mapping[str, Any], params_path: str, asked: str) -> Comparison:
-    """The metrics and params at `rev` against these; InputError (starting with `asked`) if `rev` cannot be read."""
-    import dvc.api
-
-    base_metrics = read_metrics_at(metrics_path, rev, asked)
-    base_params = _read_at(lambda: dvc.api.params_show(params_path, rev=rev), params_path, rev, asked)
-    now_params = _read_at(lambda: dvc.api.params_show(params_path), params_path, "workspace", asked)
-    return Comparison(rev, diff_metrics(base_metrics, metrics), diff_params(base_params, now_params))
+    metrics = json.loads(dvc("metrics", metrics_path, "--all", "--json"))
+    params = json.loads(dvc("params", params_path, "--json"))
+    tables = [dvc("metrics", metrics_path, "--all", "--md", "--precision", str(PRECISION))]
+    if params:
+        tables.append(dvc("params", params_path, "--md"))
+    return Comparison(rev, metrics, params, "\n".join(table.strip("\n") + "\n" for table in tables))
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """What changed since a baseline revision: every metric (diff_metrics) and the params that differ (diff_params)."""
+    """What changed since a baseline revision, as DVC reports it."""
 
     rev: str
-    metrics: list[tuple[str, str, str, str]]
-    params: list[tuple[str, str, str]]
+    metrics: Mapping[str, Mapping[str, Mapping[str, Any]]]  # `dvc metrics diff --all --json`: path, name, old, new
+    params: Mapping[str, Mapping[str, Mapping[str, Any]]]  # `dvc params diff --json`: only the params that differ
+    tables: str  # both as `dvc metrics diff --all --md` and `dvc params diff --md` lay them out
 
     def summary(self) -> str:
         """2 of 19 metrics changed, 1 param differs."""
-        changed = sum(1 for _, old, new, change in self.metrics if old != new or change not in ("0", "-"))
-        params = f"{len(self.params)} param{'s differ' if len(self.params) != 1 else ' differs'}"
-        return f"{changed} of {len(self.metrics)} metrics changed, {params}"
+        metrics = [row for rows in self.metrics.values() for row in rows.values()]
+        changed = sum(1 for row in metrics if row.get("old") != row.get("new"))
+        count = sum(len(rows) for rows in self.params.values())
+        return f"{changed} of {len(metrics)} metrics changed, {count} param{'s differ' if count != 1 else ' differs'}"
 
-    def markdown(self, metrics_path: str, params_path: str) -> str:
-        """As `dvc metrics diff --md --all` and `dvc params diff --md` lay them out, numbers to 6 significant digits."""
-        lines = [f"### Compared with {self.rev}", "", _sentence(self.summary()), ""]
-        header = ("Path", "Metric", self.rev, "workspace", "Change")
-        lines += _md_table(header, [(metrics_path, *row) for row in self.metrics])
-        if self.params:
-            header = ("Path", "Param", self.rev, "workspace")
-            lines += ["", *_md_table(header, [(params_path, *row) for row in self.params])]
-        return "\n".join(lines) + "\n"
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    escape = [[cell.replace("|", "\\|") for cell in row] for row in [header, *rows]]
-    separator = ["---"] * len(header)
-    return ["| " + " | ".join(row) + " |" for row in [escape[0], separator, *escape[1:]]]
+    def markdown(self) -> str:
+        """A heading naming the revision, the summary, then DVC's tables."""
+        return f"### Compared with {self.rev}\n\n{_sentence(self.summary())}\n\n{self.tables}"
 
 
 def copy_plot(plot: Path, report: Path) -> str | None:
@@ -356,8 +330,8 @@ def main(argv=None):
     results = check(metrics, params.thresholds, load_baselines(args.metrics, params.thresholds))
     rev = args.baseline or default_baseline()
     try:
-        changes = compare(rev, args.metrics, metrics, args.params, "--baseline" if args.baseline else "baseline")
-        comparison, compared = changes.markdown(args.metrics, args.params), f"compared with {rev}: {changes.summary()}"
+        changes = compare(rev, args.metrics, args.params, "--baseline" if args.baseline else "baseline")
+        comparison, compared = changes.markdown(), f"compared with {rev}: {changes.summary()}"
     except InputError as err:
         if args.baseline:  # named by the user: a typo must not pass unnoticed
             raise

@@ -137,7 +137,7 @@ class Bound(_Section):
     min: float | None = None
     max: float | None = None
     # A fraction of the baseline: 0.1 lets the value exceed the one committed at baseline_rev
-    # by at most 10 % of its size. The gate reads that value through DVC (dvc.api.metrics_show).
+    # by at most 10 % of its size. The gate reads that value from git (metrics.json is not cached).
     max_rel_increase: float | None = Field(default=None, ge=0)
     baseline_rev: str = Field(default=DEFAULT_BASELINE_REV, min_length=1)
 

@@ -343,16 +343,13 @@ def log_metrics(client: MlflowClient, run_id: str, record: RunRecord, beat: Call
     `beat` is called after each batch (a `_Heartbeat`)."""
 
     metrics = _metrics(record)
-    bar = progress.bar(len(metrics), f"publish {record.variant}", "metric")
-    try:
+    with progress.bar(len(metrics), f"publish {record.variant}", "metric") as bar:
         for start in range(0, len(metrics), METRICS_PER_BATCH):
             batch = metrics[start : start + METRICS_PER_BATCH]
             with signals_held():
                 client.log_batch(run_id, metrics=batch)
             bar.update(len(batch))
             beat()
-    finally:
-        bar.close()
 
 
 def _local_user() -> str:

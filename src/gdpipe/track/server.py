@@ -25,13 +25,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
 from gdpipe.core.command import InputError, Terminated, run_command
+from gdpipe.core.wait import wait_until
 
 DB_PORT = 5432  # only a socket's name (.s.PGSQL.5432) in the cluster's own folder: no clash with other clusters
 DB_USER = "postgres"  # the cluster's superuser, and the Unix user that runs it when we are root
@@ -252,18 +252,20 @@ def _start_mlflow(stack: Stack, host: str, port: int, auth_env: dict[str, str], 
 def _wait_for_mlflow(stack: Stack, server: subprocess.Popen, host: str, port: int, log_start: int) -> None:
     """Until the server answers, or says why it stopped (its log from `log_start` on is this start's)."""
     url = f"http://{host}:{port}/health"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if server.poll() is not None:
             said = _tail(stack.mlflow_log, log_start)
             if "Connection in use" in said:  # gunicorn's words: another program took the port after our check
                 raise InputError(f"cannot listen on {host}:{port} (taken since make server checked it): {_OTHER_PORT}")
             raise InputError(f"the MLflow server stopped at start: {_last_line(said)}")
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as answer:
-            if answer.status == 200:
-                return
-        time.sleep(0.3)
-    raise InputError(f"the MLflow server did not answer at {url} within {START_TIMEOUT_S} s: see {stack.mlflow_log}")
+            return answer.status == 200
+        return False
+
+    if not wait_until(answers, START_TIMEOUT_S, 0.3):
+        said = f"the MLflow server did not answer at {url} within {START_TIMEOUT_S} s: see {stack.mlflow_log}"
+        raise InputError(said)
 
 
 def _auth_environment(stack: Stack) -> dict[str, str]:
@@ -303,14 +305,17 @@ def _end_group(group: int) -> bool:
         os.killpg(group, signal.SIGTERM)
     except ProcessLookupError:
         return False
-    for _ in range(100):
-        time.sleep(0.1)
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return True
-    os.killpg(group, signal.SIGKILL)
+    if not wait_until(lambda: _gone(group), 10, 0.1):
+        os.killpg(group, signal.SIGKILL)
     return True
+
+
+def _gone(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def _running_servers() -> list[Path]:

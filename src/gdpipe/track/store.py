@@ -7,7 +7,6 @@ import errno
 import fcntl
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gdpipe.core import store_uri
 from gdpipe.core.command import InputError
 from gdpipe.core.store_uri import redact
+from gdpipe.core.wait import wait_until
 
 # What a failing store raises through MLflow's API: MLflow's own errors, and for a sqlite store the
 # database's (SQLAlchemy's) and the file system's.
@@ -87,22 +87,26 @@ def wait_until_free(uri: str) -> None:
     if database is None or not database.exists():
         return
     seconds = store_wait()
-    deadline = time.monotonic() + seconds
     try:
         with contextlib.closing(sqlite3.connect(database, timeout=0, isolation_level=None)) as connection:
-            while True:
-                try:
-                    connection.execute("BEGIN EXCLUSIVE")
-                    connection.execute("ROLLBACK")
-                    return
-                except sqlite3.OperationalError as err:
-                    if "locked" not in str(err) or time.monotonic() >= deadline:
-                        raise
-                time.sleep(0.1)
-    except sqlite3.Error as err:
-        if "locked" in str(err):
-            locked = _locked(database, f"for {seconds:g} s (GDPIPE_STORE_WAIT)")
-            raise InputError(f"MLflow tracking store {redact(uri)} {locked}") from None
+            free = wait_until(lambda: _free(connection), seconds, 0.1)
+    except sqlite3.Error:
+        return  # not a lock (no file yet, a damaged one): MLflow's next call says it in words
+    if not free:
+        locked = _locked(database, f"for {seconds:g} s (GDPIPE_STORE_WAIT)")
+        raise InputError(f"MLflow tracking store {redact(uri)} {locked}")
+
+
+def _free(connection: sqlite3.Connection) -> bool:
+    """True when an exclusive lock can be taken (and is let go at once); False while another process holds one."""
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+        connection.execute("ROLLBACK")
+    except sqlite3.OperationalError as err:
+        if "locked" not in str(err):
+            raise
+        return False
+    return True
 
 
 def _locked(database: Path, how_long: str) -> str:
@@ -207,18 +211,20 @@ def _chain(err: BaseException | None) -> Iterator[BaseException]:
 def half_built(database: Path) -> bool:
     """True for a sqlite store whose first setup was cut short (a kill, a full disk): MLflow cannot open it.
 
-    MLflow makes its Default experiment (id 0) once all its tables are made, so a store without it
-    is half-built; one that can be read and holds no run or model either is safe to make anew. A store
-    that cannot be read, or holds anything, is not half-built: it is never deleted.
+    A setup MLflow finished leaves at least two rows (its schema's version, then the Default experiment,
+    made last), so a file with at most one row in all its tables holds no run or model and is safe to make
+    anew. A store that cannot be read, or holds more, is not half-built: it is never deleted.
     """
+    # sqlite's own catalog, not MLflow's tables: MLflow's API cannot open such a store, so no public way can
+    # tell what it holds, and counting every table's rows needs no knowledge of MLflow's schema.
     try:
         with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as connection:
-            tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            default = "SELECT count(*) FROM experiments WHERE experiment_id = 0"
-            if "experiments" in tables and connection.execute(default).fetchone() != (0,):
-                return False
-            held = [table for table in ("runs", "registered_models", "experiments") if table in tables]
-            return all(connection.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,) for table in held)
+            tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            rows = 0
+            for table in tables:
+                quoted = table.replace('"', '""')
+                rows += connection.execute(f'SELECT count(*) FROM "{quoted}"').fetchone()[0]
+            return rows <= 1
     except sqlite3.Error:
         return False  # unreadable: it may hold runs
 

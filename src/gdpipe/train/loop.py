@@ -29,8 +29,7 @@ class Stepper(Protocol):
 def fit(stepper: Stepper, epochs: int, log_every: int, label: str) -> History:
     """Run up to `epochs` steps, stopping soon after w stops being finite; a progress bar on a terminal."""
     epochs_run = 0
-    bar = progress.bar(epochs, label, "epoch")
-    try:
+    with progress.bar(epochs, label, "epoch") as bar:
         while epochs_run < epochs:
             block_end = min(epochs_run + CHECK_EVERY, epochs)
             for index in range(epochs_run, block_end):
@@ -39,7 +38,5 @@ def fit(stepper: Stepper, epochs: int, log_every: int, label: str) -> History:
             epochs_run = block_end
             if not stepper.all_finite():
                 break
-    finally:
-        bar.close()
     w, loss = stepper.trajectory(epochs_run)
     return History.from_trajectory(w, loss, log_every)
