@@ -59,8 +59,7 @@ WHERE := PYTHONPATH=src $(BIN)/python -m gdpipe.track.where
 
 pipeline: $(STAMP)
 	PYTHONPATH=src $(BIN)/python -m gdpipe.core.config params.yaml
-	$(IN_TURN) $(BIN)/dvc repro
-	$(IN_TURN) $(BIN)/python -m gdpipe.track.where publish
+	$(IN_TURN) sh -c '"$$0/dvc" repro && "$$0/python" -m gdpipe.track.where publish' $(BIN)
 
 repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 	PYTHONPATH=src $(BIN)/python -m gdpipe.summary metrics.json
