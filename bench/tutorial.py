@@ -1,7 +1,8 @@
 """The lesson's script as a user would run it: NumPy 20 epochs, then torch autograd 100 epochs.
 
-A faithful copy of ../shared/seed/tutorial.txt (the NumPy cell with n_iters = 20, the torch
-cell with n_iters = 100), with the notebook cells joined into one file. `bench/run.py` times it.
+The lesson ("PyTorch Tutorial 05 - Gradient Descent with Autograd and Backpropagation", a notebook)
+copied faithfully: its NumPy cell with n_iters = 20 and its torch cell with n_iters = 100, joined into
+one file, its explanatory comments left out. bench/pipeline.py times it.
 
     python bench/tutorial.py
 """

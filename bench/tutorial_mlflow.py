@@ -1,7 +1,7 @@
 """The lesson's script with MLflow logging added the usual way: what a user would otherwise write.
 
 bench/tutorial.py plus one run per implementation in a sqlite store: `log_params`, one
-`log_metric` call per value per epoch, and the final prediction f(5). `bench/run.py` times it
+`log_metric` call per value per epoch, and the final prediction f(5). bench/pipeline.py times it
 against `dvc repro -f`.
 
     python bench/tutorial_mlflow.py sqlite:///path/to/mlflow.db
