@@ -177,7 +177,7 @@ def test_two_make_promote_in_one_clone_take_turns_and_say_so_in_one_line(promote
     with lock.open("a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         stopped = make(repo, "promote", "REPRO_WAIT=0.1")
-    assert stopped.returncode == 2 and stopped.stdout.count("dvc\" repro") == 1  # make's echo of the command only
+    assert stopped.returncode == 2 and stopped.stdout.count('dvc" repro') == 1  # make's echo of the command only
     waited, error, make_error = stopped.stderr.splitlines()
     assert waited == WAITING.replace("600", "0.1").strip()
     assert error == (
