@@ -21,6 +21,7 @@ UI_PORT ?= 5000
 SWEEP_LRS ?= 0.001 0.01 0.1
 SERVE_VARIANT ?= torch
 SERVE_PORT ?= 5001
+SERVE_MAX_BYTES ?= 4000000
 REPRO_WAIT ?= 600
 SERVER_DIR ?= .server
 SERVER_PORT ?= 5002
@@ -92,8 +93,11 @@ promote: pipeline  ## the pipeline and the gate; if every check passes, champion
 	$(GATE) || test $$? -eq 1
 	$(REGISTRY) promote --runs runs.json --published published.json --verdict reports/check.json --metrics metrics.json
 
+# A larger request body than SERVE_MAX_BYTES (4 MB: the model's 100,000 inputs per request, written out
+# in full) gets 413 before it is read; errors are short and never repeat the request
+# (src/gdpipe/request_guard.py).
 serve: $(STAMP)  ## serve the champion (SERVE_VARIANT=torch) on http://127.0.0.1:5001 (SERVE_PORT)
-	$(REGISTRY) serve --variant $(SERVE_VARIANT) --port $(SERVE_PORT)
+	$(REGISTRY) serve --variant $(SERVE_VARIANT) --port $(SERVE_PORT) --max-bytes $(SERVE_MAX_BYTES)
 
 # A team's stack on this machine (docs/team-server.md): PostgreSQL on a socket in SERVER_DIR, MLflow on
 # 127.0.0.1 with proxied artifacts. SERVER_AUTH=1: basic auth, admin MLFLOW_TRACKING_USERNAME/PASSWORD.

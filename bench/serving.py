@@ -1,5 +1,5 @@
-"""serving: requests per second to the served champion / to a bare echo model (bench/echo_model.py) served
-the same way."""
+"""serving: requests per second to the champion as make serve serves it (behind the request guard) / to a
+bare echo model (bench/echo_model.py) under plain `mlflow models serve`."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ REQUEST = b'{"inputs": [5.0]}'
 def run(quick: bool, work: Path) -> dict:
     """Requests per second at 8 concurrent clients: the champion / a bare echo model, served the same way.
 
-    Both are `mlflow models serve --env-manager local` on 127.0.0.1 from the same store, with the same
-    signature and input example; the servers take turns, one at a time, repeat by repeat.
+    The champion is served as `make serve` serves it (MLflow's scoring app behind gdpipe's request guard),
+    the echo model by `mlflow models serve --env-manager local`, both on 127.0.0.1 from the same store, with
+    the same signature and input example: the ratio is the cost of the model and of the guard. The servers
+    take turns, one at a time, repeat by repeat.
     """
     import mlflow
 
@@ -37,14 +39,18 @@ def run(quick: bool, work: Path) -> dict:
 
         code = str(REPO / "bench" / "echo_model.py")
         echo = mlflow.pyfunc.log_model(name="echo", python_model=code, signature=SIGNATURE, input_example=INPUT_EXAMPLE)
-    models = {"champion": "models:/gdpipe-torch@champion", "echo": echo.model_uri}
+    mlflow_serve = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", echo.model_uri, "--env-manager", "local"]
+    commands = {
+        "champion": [str(VENV_BIN / "python"), "-m", "gdpipe.track.registry", "serve", "--host", "127.0.0.1", "--port"],
+        "echo": [*mlflow_serve, "-h", "127.0.0.1", "-p"],
+    }
     seconds = 2.0 if quick else 5.0
     repeats = 2 if quick else 3
     ratios, latencies, rates = [], {"champion": [], "echo": []}, {"champion": [], "echo": []}
     for repeat in range(repeats):
         say(f"serving: repeat {repeat + 1}/{repeats}")
         for name in ("champion", "echo") if repeat % 2 == 0 else ("echo", "champion"):
-            rate, took = served_rate(models[name], uri, repo, seconds)
+            rate, took = served_rate(commands[name], uri, repo, seconds)
             rates[name].append(rate)
             latencies[name] += took
         ratios.append(rates["champion"][-1] / rates["echo"][-1])
@@ -56,17 +62,17 @@ def run(quick: bool, work: Path) -> dict:
     }
 
 
-def served_rate(model_uri: str, uri: str, repo: Path, seconds: float) -> tuple[float, list[float]]:
-    """Serve `model_uri`, load it with CLIENTS keep-alive clients for `seconds`: requests per second and latencies."""
+def served_rate(command: list[str], uri: str, repo: Path, seconds: float) -> tuple[float, list[float]]:
+    """Serve with `command` (its last option takes the port), load it with CLIENTS keep-alive clients for `seconds`: requests per
+    second and latencies."""
     import http.client
     import threading
 
     port = free_port()
-    command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-p", str(port)]
     log = repo.parent / "serve.log"
     with log.open("w") as out:
         server = subprocess.Popen(
-            [*command, "-h", "127.0.0.1"], cwd=repo, env=child_env(MLFLOW_TRACKING_URI=uri), stdout=out,
+            [*command, str(port)], cwd=repo, env=child_env(MLFLOW_TRACKING_URI=uri, PYTHONPATH="src"), stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import fcntl
 import json
 import runpy
 import shutil
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -231,24 +234,76 @@ BAD = [
     (b'{"inputs": ["five"]}', "got values of type"),
     (b'{"inputs": [NaN]}', "got NaN or infinity"),
     (b'{"inputs": [Infinity]}', "got NaN or infinity"),
-    (b'{"instances_missing": [5.0]}', "exactly one of the input fields"),
+    (
+        b'{"instances_missing": [5.0]}',
+        "send JSON with one field of inputs, instances, dataframe_split, dataframe_records",
+    ),
     (b'{"inputs": [[5.0, 1.0]]}', "got an array of shape (1, 2)"),
     (b'{"inputs": []}', "got 0 values"),
-    (b'{"inputs": [' + b", ".join([b"5.0"] * 2_000_000) + b"]}", "got 2000000 values (1 to 100,000 per request)"),
+    (b'{"inputs": [' + b", ".join([b"5.0"] * 100_001) + b"]}", "got 100001 values (1 to 100,000 per request)"),
 ]
 
 
 def test_make_serve_answers_f_of_x_over_http_and_survives_bad_requests(promoted_repo):
-    assert len(BAD[-1][0]) > 10_000_000
     with served(promoted_repo, "serve", "SERVE_PORT") as url:
         for body, message in BAD:
             code, answer = post(f"{url}/invocations", body)
             assert code == 400 and message in answer["message"], (body[:60], code, answer)
+            assert len(json.dumps(answer)) < 300 and body[:13].decode() not in answer["message"]  # no echo
             assert post(f"{url}/invocations", GOOD[0][0]) == (200, {"predictions": GOOD[0][1]})  # still serving
         for body, predictions in GOOD:
             assert post(f"{url}/invocations", body) == (200, {"predictions": predictions}), body
     log = promoted_repo.parent / "serve.log"
     assert "serving models:/gdpipe-torch/1 (gdpipe-torch@champion) on http://127.0.0.1:" in log.read_text()
+
+
+def raw_post(port: int, body: bytes, declared: int | None = None) -> tuple[int, bytes]:
+    """POST `body` on a socket of its own, declaring `declared` bytes (default: len(body)), sending no more
+    than the server reads: the status and the whole answer, however early the server answers and closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:
+        head = "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        connection.sendall(f"{head}Content-Length: {declared or len(body)}\r\n\r\n".encode())
+        with contextlib.suppress(OSError):  # the server answered and closed before the body was all sent
+            connection.sendall(body)
+        answer = b"".join(iter(lambda: connection.recv(65536), b""))
+    return int(answer.split(b" ", 2)[1]), answer
+
+
+def test_make_serve_refuses_hostile_requests_early_with_short_answers_in_bounded_memory(promoted_repo):
+    """A body over SERVE_MAX_BYTES gets 413 before it is sent, eight at once too; a body of any other
+    malformed shape a 400; no answer repeats the request; eight hostile bodies at once just under the
+    limit leave the server within a few hundred MB, where one unguarded 50 MB body took 0.9 GB."""
+    import psutil
+
+    hostile = {
+        b'{"inputs": [5.0, \xff' + b"\xfe" * 3_000_000 + b"]}": "the body is not UTF-8",
+        b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}": "the body's JSON is nested too deeply",
+        b'{"inputs": ["' + b"a" * 3_900_000 + b'"]}': "got values of type",
+        b'{"inputs": [' + b"5.0, " * 790_000 + b"5.0]}": "got 790001 values",
+    }
+    with served(promoted_repo, "serve", "SERVE_PORT") as url:
+        port = int(url.rsplit(":", 1)[1])
+        (server,) = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if f"{port}" in p.info["cmdline"] and "serve" in p.info["cmdline"] and "make" not in p.info["cmdline"][0]
+        ]
+        before = server.memory_info().rss
+        code, answer = raw_post(port, b"5" * 65_536, declared=50_000_000)  # 64 KB of a 50 MB body
+        assert code == 413 and b"larger than this server's limit of 4,000,000 bytes" in answer and len(answer) < 400
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(raw_post, [port] * 8, [b"a" * 50_000_000] * 8))
+            assert [code for code, _ in answers] == [413] * 8
+            for body, message in hostile.items():
+                answers = list(pool.map(raw_post, [port] * 8, [body] * 8))
+                assert {code for code, _ in answers} == {400}, (body[:40], answers[0])
+                assert all(message.encode() in raw and len(raw) < 500 for _, raw in answers), answers[0]
+        with open(f"/proc/{server.pid}/status") as status:
+            peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM"))
+        assert peak - before < 600_000_000, (before, peak)
+        assert post(f"{url}/invocations", GOOD[0][0]) == (200, {"predictions": GOOD[0][1]})  # still serving
+    log = (promoted_repo.parent / "serve.log").read_text()
+    assert "Traceback" not in log and "aaaa" not in log, log[-3000:]
 
 
 def test_ci_promotes_to_the_team_server_only_on_pushes_to_main():

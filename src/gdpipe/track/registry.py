@@ -3,7 +3,7 @@ the alias `challenger` names the version of the result published last, `champion
 quality gate let through: both variants' versions of one result, which a record names (see promote).
 
     python -m gdpipe.track.registry promote   # make promote: champion -> this result, if the gate passed
-    python -m gdpipe.track.registry serve     # make serve: mlflow models serve the champion
+    python -m gdpipe.track.registry serve     # make serve: the champion over HTTP, behind a request guard
 
 The gate never talks to MLflow: it writes its verdict (reports/check.json), and `promote` reads it
 with runs.json, which `track` wrote.
@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -31,6 +30,7 @@ from gdpipe.track.where import not_current, redact, repo_root, tracking_uri
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 EXIT_NOT_PROMOTED = 1
+SERVE_CONNECTIONS = 16
 
 
 def model_name(prefix: str, variant: str) -> str:
@@ -245,11 +245,12 @@ def main(argv=None):
     to_promote.add_argument("--published", default="published.json")
     to_promote.add_argument("--verdict", default="reports/check.json")
     to_promote.add_argument("--metrics", default="metrics.json")
-    to_serve = commands.add_parser("serve", help="serve a variant's champion over HTTP with mlflow models serve")
+    to_serve = commands.add_parser("serve", help="serve a variant's champion over HTTP, behind the request guard")
     to_serve.add_argument("--params", default="params.yaml")
     to_serve.add_argument("--variant", default="torch", choices=config.VARIANTS)
     to_serve.add_argument("--host", default="127.0.0.1")
     to_serve.add_argument("--port", type=int, default=5001)
+    to_serve.add_argument("--max-bytes", type=int, default=4_000_000, help="the largest request body")
     args = parser.parse_args(argv)
 
     uri = tracking_uri(repo_root())
@@ -267,7 +268,10 @@ def main(argv=None):
         raise store_failure(err, uri) from None
     name = model_name(prefix, args.variant)
     version = _servable(name, record, held, redact(uri))
-    serve(f"models:/{name}/{version}", f"{name}@{CHAMPION}", uri, args.host, args.port)
+    if args.max_bytes <= 0:
+        raise InputError(f"SERVE_MAX_BYTES must be a positive number of bytes, got {args.max_bytes}")
+    mlflow.set_tracking_uri(uri)
+    serve(f"models:/{name}/{version}", f"{name}@{CHAMPION}", uri, args.host, args.port, args.max_bytes)
 
 
 def _servable(name: str, record: Pair | None, held: dict[str, str | None], where: str) -> str:
@@ -289,16 +293,28 @@ def _servable(name: str, record: Pair | None, held: dict[str, str | None], where
     return record[name]
 
 
-def serve(model_uri: str, alias: str, uri: str, host: str, port: int) -> None:
-    """Become `mlflow models serve` for the model, in this venv (no new environment), on host:port.
+def serve(model_uri: str, alias: str, uri: str, host: str, port: int, max_bytes: int) -> None:
+    """Serve the model with MLflow's scoring app (what `mlflow models serve` runs) behind gdpipe's
+    request guard, in this process, on host:port, until stopped.
 
     The version is named, not the alias: a promotion after the check must not change what is served."""
-    mlflow = str(Path(sys.executable).with_name("mlflow"))  # this venv's, a dependency of gdpipe
+    import uvicorn
+    from mlflow.pyfunc import load_model, scoring_server
+
+    from gdpipe.request_guard import RequestGuard
+
+    try:
+        model = load_model(model_uri)
+    except STORE_ERRORS as err:
+        raise store_failure(err, uri) from None
+    # MLflow's app as `mlflow models serve` builds it (mlflow/pyfunc/scoring_server/app.py calls the same
+    # init); that command has no setting for a body limit or for its error answers, so gdpipe serves the
+    # app itself, with the server that command uses. limit_concurrency: more open requests get 503, so
+    # at most SERVE_CONNECTIONS bodies of max_bytes are held at once.
+    app = RequestGuard(scoring_server.init(model), max_bytes)
     post = 'POST /invocations with {"inputs": [5.0]}'
-    print(f"serving {model_uri} ({alias}) on http://{host}:{port} ({post})", flush=True)
-    env = os.environ | {"MLFLOW_TRACKING_URI": uri}
-    command = [mlflow, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", host, "-p", str(port)]
-    os.execve(mlflow, command, env)
+    print(f"serving {model_uri} ({alias}) on http://{host}:{port} ({post}; bodies up to {max_bytes:,} bytes)")
+    uvicorn.run(app, host=host, port=port, limit_concurrency=SERVE_CONNECTIONS, timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":
