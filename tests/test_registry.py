@@ -215,6 +215,20 @@ def test_serve_without_a_champion_says_to_promote_first(own_reproduced_repo, mon
     assert run_stage(registry.main, ["serve"]) == (2, expected)
 
 
+def test_make_serve_takes_its_body_limit_from_serve_max_bytes_and_refuses_a_limit_that_is_not_positive():
+    from gdpipe.track import registry
+
+    dry = subprocess.run(
+        ["make", "-n", "-o", ".venv/.installed", "serve", "SERVE_MAX_BYTES=1000"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert dry.stdout.rstrip().endswith("serve --variant torch --port 5001 --max-bytes 1000"), dry.stdout
+    expected = "gdpipe: error: SERVE_MAX_BYTES must be a positive number of bytes, got 0\n"
+    assert run_stage(registry.main, ["serve", "--max-bytes", "0"]) == (2, expected)
+
+
 def post(url: str, body: bytes) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     try:

@@ -252,6 +252,8 @@ def main(argv=None):
     to_serve.add_argument("--port", type=int, default=5001)
     to_serve.add_argument("--max-bytes", type=int, default=4_000_000, help="the largest request body")
     args = parser.parse_args(argv)
+    if args.command == "serve" and args.max_bytes <= 0:
+        raise InputError(f"SERVE_MAX_BYTES must be a positive number of bytes, got {args.max_bytes}")
 
     uri = tracking_uri(repo_root())
     client = MlflowClient(uri)
@@ -268,8 +270,6 @@ def main(argv=None):
         raise store_failure(err, uri) from None
     name = model_name(prefix, args.variant)
     version = _servable(name, record, held, redact(uri))
-    if args.max_bytes <= 0:
-        raise InputError(f"SERVE_MAX_BYTES must be a positive number of bytes, got {args.max_bytes}")
     mlflow.set_tracking_uri(uri)
     serve(f"models:/{name}/{version}", f"{name}@{CHAMPION}", uri, args.host, args.port, args.max_bytes)
 
