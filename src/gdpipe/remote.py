@@ -33,7 +33,7 @@ from gdpipe.core.command import InputError, run_command
 
 DOCS = "docs/remote.md"
 # DVC's warning, exit code 0, when files of the result are in no cache it can reach.
-MISSING = "Some of the cache files do not exist neither locally nor on remote"
+DVC_FILES_MISSING_WARNING = "Some of the cache files do not exist neither locally nor on remote"
 
 # What DVC's error output says -> what it means and what to do; {name} is the remote's name.
 CREDENTIALS = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or `dvc remote modify --local {name} credentialpath FILE`"
@@ -263,7 +263,7 @@ def _run(name: str, where: str, *args: str, missing: str) -> str:
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise InputError(f"{where}: {_without_password(_explain(name, done))}")
-    if MISSING in output:
+    if DVC_FILES_MISSING_WARNING in output:
         raise InputError(f"{where}: {missing}")
     return done.stdout
 

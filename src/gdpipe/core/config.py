@@ -24,7 +24,8 @@ from gdpipe.core.command import InputError, run_command
 Variant = Literal["numpy", "torch"]
 VARIANTS: tuple[Variant, ...] = ("numpy", "torch")
 
-# Upper bounds keep a typo (epochs: 1e12) from allocating terabytes or running for a year.
+# Upper bounds keep a typo (epochs: 100000000000, a few zeros too many) from allocating terabytes or running for
+# a year.
 MAX_EPOCHS = 10_000_000
 MAX_SAMPLES = 1_000_000_000
 # Data, w and f(x) are float32, as in the lesson: a larger number would be infinity there.
