@@ -63,8 +63,8 @@ def run(quick: bool, work: Path) -> dict:
 
 
 def served_rate(command: list[str], uri: str, repo: Path, seconds: float) -> tuple[float, list[float]]:
-    """Serve with `command` (its last option takes the port), load it with CLIENTS keep-alive clients for `seconds`: requests per
-    second and latencies."""
+    """Serve with `command` (its last option takes the port), load it with CLIENTS keep-alive clients for
+    `seconds`: requests per second and latencies."""
     import http.client
     import threading
 
