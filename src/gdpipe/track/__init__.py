@@ -1,9 +1,11 @@
 """track: publish finished results to MLflow. The only part of gdpipe that imports mlflow.
 
     record.py        what one variant's run holds, gathered from the stage outputs (no MLflow)
-    publish.py       the store, one run per variant and result, its metrics, artifacts, model and status
+    publish.py       what a run holds in MLflow, and `publish`: one run per variant and result
+    claim.py         exactly once: how publishers of one result claim it, so that it gets one run
+    store.py         the store as its writers share it: taking turns, a half-built sqlite file, the experiment
+    failures.py      the store's failures in words: one line, which store (no secrets), what to do
     registry.py      model versions, the challenger and champion aliases; `promote` and `serve`
-    store.py         how the store's writers take turns, its failures in words, a half-built sqlite store
     where.py         where the store is, its name without secrets, whether it holds the current result (no MLflow)
     pyfunc_model.py  the trained line as an MLflow pyfunc model (logged as code, so MLflow imports it too)
 

@@ -24,8 +24,9 @@ from mlflow.exceptions import MlflowException
 from gdpipe.core import config
 from gdpipe.core.command import InputError, run_command, signals_held
 from gdpipe.core.files import file_sha256, read_json
+from gdpipe.track.failures import STORE_ERRORS, store_failure
 from gdpipe.track.record import RunRecord
-from gdpipe.track.store import STORE_ERRORS, retried_if_raced, store_failure
+from gdpipe.track.store import retried_if_raced
 from gdpipe.track.where import not_current, redact, repo_root, tracking_uri
 
 CHALLENGER, CHAMPION = "challenger", "champion"
