@@ -14,6 +14,7 @@ from gdpipe.core import config
 from gdpipe.core.artifacts import Dataset, train_outputs
 from gdpipe.core.command import run_command
 from gdpipe.core.files import read_json, write_json
+from gdpipe.track import settings
 from gdpipe.track.record import build_record, lineage_tags
 from gdpipe.track.where import repo_root, tracking_uri
 
@@ -56,6 +57,7 @@ def main(argv=None):
     # each model was trained with.
     config.check_unchanged(args.params, params, TRACKED)
     config.check_recorded(args.lock, args.params, params, skip=("track",))
+    settings.apply()
     from gdpipe.track import publish  # only now: mlflow takes a second to import, bad input fails before it
 
     uri = tracking_uri(repo_root())

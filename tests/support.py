@@ -431,7 +431,7 @@ def promote_at_once(clients, results: list[dict[str, str]], together: bool) -> l
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from gdpipe.track.registry import promote
+    from gdpipe.track.champion import promote
 
     start = threading.Barrier(len(results))
     passed = {"passed": True, "failed": []}

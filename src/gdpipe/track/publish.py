@@ -28,8 +28,8 @@ from gdpipe.core.command import signals_held
 from gdpipe.track import claim
 from gdpipe.track.failures import STORE_ERRORS, store_failure
 from gdpipe.track.record import RunRecord, now_ms
-from gdpipe.track.registry import model_name, register
 from gdpipe.track.store import open_experiment, retried_if_raced, store_lock, wait_until_free
+from gdpipe.track.versions import model_name, register
 from gdpipe.track.where import redact
 
 # Metrics per log_batch call: MLflow's own limit per request, and one step of the progress bar.
