@@ -12,7 +12,7 @@ MLFLOW_TRACKING_PASSWORD (given to MLflow in its environment, stored only as MLf
 docs/team-server.md says how a team runs the same on its own host.
 
     stack.py          the stack's folder: where each part keeps its files, and the last words of their logs
-    postgres.py       the PostgreSQL cluster: made, started, its databases created, stopped
+    postgres.py       the PostgreSQL cluster: made, started, its databases created and reached, stopped
     mlflow_server.py  the MLflow server: started on the cluster, waited for, found again, stopped
     __main__.py       the commands: start (stopping what it started if a step fails) and stop
 """

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gdpipe.core.command import InputError
 from gdpipe.core.wait import wait_until
+from gdpipe.team_server import postgres
 from gdpipe.team_server.stack import Stack, last_line, tail
 
 START_TIMEOUT_S = 90
@@ -46,9 +47,11 @@ def check_port(host: str, port: int) -> None:
 
 
 def start(stack: Stack, host: str, port: int, auth_env: dict[str, str], workers: int) -> subprocess.Popen:
+    """Start `mlflow server` on the stack's database, in a session of its own, and record its group and URL."""
     stack.artifacts.mkdir(parents=True, exist_ok=True)
     command = [str(Path(sys.executable).with_name("mlflow")), "server"]
-    command += ["--backend-store-uri", stack.database_uri("mlflow"), "--artifacts-destination", str(stack.artifacts)]
+    command += ["--backend-store-uri", postgres.database_uri(stack, "mlflow")]
+    command += ["--artifacts-destination", str(stack.artifacts)]
     command += ["--host", host, "--port", str(port), "--workers", str(workers)]
     # gunicorn, not MLflow's default uvicorn: on a kept-alive connection, as MLflow's client uses, each
     # uvicorn answer waited ~40 ms for the client's delayed ACK (52 ms a call against 7 ms; bench/README.md).
@@ -100,7 +103,7 @@ def auth_environment(stack: Stack) -> dict[str, str]:
         "[mlflow]\n"
         "default_permission = READ\n"
         # MLflow reads this file with configparser, where % starts an interpolation: %% is a %.
-        f"database_uri = {stack.database_uri('mlflow_auth').replace('%', '%%')}\n"
+        f"database_uri = {postgres.database_uri(stack, 'mlflow_auth').replace('%', '%%')}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "auth_cache_ttl_seconds = 60\n"  # a password is hashed once a minute, not on every request
     )
@@ -113,6 +116,7 @@ def auth_environment(stack: Stack) -> dict[str, str]:
 
 
 def stop(stack: Stack) -> bool:
+    """Stop the MLflow server this stack started; False when none runs."""
     found = running(stack)
     stack.mlflow_pid.unlink(missing_ok=True)
     return found is not None and end_group(found[0])

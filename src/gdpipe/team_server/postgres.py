@@ -9,12 +9,23 @@ import pwd
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 from gdpipe.core.command import InputError
-from gdpipe.team_server.stack import DB_PORT, DB_USER, Stack, last_line, tail
+from gdpipe.team_server.stack import Stack, last_line, tail
 
+DB_PORT = 5432  # only a socket's name (.s.PGSQL.5432) in the cluster's own folder: no clash with other clusters
+DB_USER = "postgres"  # the cluster's superuser, and the Unix user that runs it when we are root
 DATABASES = ("mlflow", "mlflow_auth")  # runs and models; basic auth's users
 SOCKET_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path)
+
+
+def database_uri(stack: Stack, name: str) -> str:
+    """How MLflow reaches a database: through the cluster's socket, as its superuser (local trust).
+
+    ASCII whatever the folder's name: a space, a % or a non-ASCII letter is percent-encoded.
+    """
+    return f"postgresql+psycopg2://{DB_USER}@/{name}?host={quote(str(stack.cluster), safe='/')}&port={DB_PORT}"
 
 
 def _postgres_program(name: str) -> str:
@@ -86,6 +97,7 @@ def _check_reachable(stack: Stack) -> None:
 
 
 def runs(stack: Stack) -> bool:
+    """Whether the stack's cluster runs (pg_ctl status)."""
     if not (stack.cluster / "PG_VERSION").exists():
         return False
     status = _as_db_user([_postgres_program("pg_ctl"), "status", "-D", str(stack.cluster)])
@@ -123,6 +135,7 @@ def start(stack: Stack) -> None:
 
 
 def create_databases(stack: Stack) -> None:
+    """The databases MLflow uses, made in the cluster the first time."""
     import psycopg2  # the server extra's driver; only `start` needs it
 
     try:
@@ -143,6 +156,7 @@ def create_databases(stack: Stack) -> None:
 
 
 def stop(stack: Stack) -> bool:
+    """Stop the cluster (fast: open sessions are ended); False when it did not run."""
     if not runs(stack):
         return False
     pg_ctl = _postgres_program("pg_ctl")

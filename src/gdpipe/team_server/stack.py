@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote
-
-DB_PORT = 5432  # only a socket's name (.s.PGSQL.5432) in the cluster's own folder: no clash with other clusters
-DB_USER = "postgres"  # the cluster's superuser, and the Unix user that runs it when we are root
 
 
 class Stack:
@@ -20,13 +16,6 @@ class Stack:
         self.mlflow_pid = self.folder / "mlflow.pid"
         self.auth_config = self.folder / "basic_auth.ini"
 
-    def database_uri(self, name: str) -> str:
-        """How MLflow reaches a database: through the cluster's socket, as its superuser (local trust).
-
-        ASCII whatever the folder's name: a space, a % or a non-ASCII letter is percent-encoded.
-        """
-        return f"postgresql+psycopg2://{DB_USER}@/{name}?host={quote(str(self.cluster), safe='/')}&port={DB_PORT}"
-
 
 def tail(path: Path, start: int = 0) -> str:
     """The end of a log, from byte `start` on."""
@@ -37,5 +26,6 @@ def tail(path: Path, start: int = 0) -> str:
 
 
 def last_line(text: str) -> str:
+    """A log's last line that is not blank, cut to 300 characters, fit for a message."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else "no message"
