@@ -83,7 +83,7 @@ lint: $(STAMP)  ## ruff: lint and format check (make lint FIX=1 fixes what it ca
 GATE := PYTHONPATH=src $(BIN)/python -m gdpipe.gate --params params.yaml --metrics metrics.json \
 	--plot plots/curves.png --report reports/check.md
 REGISTRY := PYTHONPATH=src $(BIN)/python -m gdpipe.track.registry
-TEAM_SERVER := PYTHONPATH=src $(BIN)/python -m gdpipe.track.server
+TEAM_SERVER := PYTHONPATH=src $(BIN)/python -m gdpipe.team_server
 
 check: pipeline  ## run the pipeline, then the quality gate (fails when a metric misses its bar)
 	$(GATE)

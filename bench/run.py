@@ -49,6 +49,7 @@ import serving
 import team
 from common import Row
 from gdpipe.core.files import write_json
+from gdpipe.track import settings
 
 BENCHMARKS = {
     "kernel": kernel,
@@ -81,6 +82,7 @@ def main(argv=None) -> int:
     unknown = set(chosen) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(BENCHMARKS)}")
+    settings.apply()  # gdpipe's MLflow settings (quiet logs among them) before any benchmark imports mlflow
     started = time.perf_counter()
     results: dict = {"machine": machine(), "quick": args.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with tempfile.TemporaryDirectory(prefix="gdpipe-bench-") as scratch:

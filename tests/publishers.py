@@ -15,14 +15,17 @@ import sys
 import threading
 from pathlib import Path
 
-import gdpipe.track.publish  # noqa: F401  what main imports late, imported before the fork
 from gdpipe.core.command import run_command
+from gdpipe.track import settings
 from support import TRACK_ARGS, stage
 
 track = stage("track")
 
 
 def main(outputs: Path, folders: list[str]) -> list[int]:
+    settings.apply()
+    import gdpipe.track.publish  # noqa: F401  what main imports late, imported before the fork
+
     # A lock that another thread held at the fork would stay held forever in the child.
     assert threading.active_count() == 1, threading.enumerate()
     gc.freeze()  # the children's collections then leave the shared pages of these imports alone

@@ -127,6 +127,8 @@ from pathlib import Path
 from gdpipe.core import config
 from gdpipe.core.artifacts import Dataset
 from gdpipe.core.files import read_json
+from gdpipe.track import settings
+settings.apply()
 from gdpipe.track import publish
 from gdpipe.track.record import build_record
 

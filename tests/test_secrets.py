@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 
 from gdpipe.core import store_uri
-from gdpipe.track.store import redact
+from gdpipe.core.store_uri import redact
 from support import (
     REPO,
     assert_one_error_line,

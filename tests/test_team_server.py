@@ -27,8 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR  # the codes MlflowException takes
 from ruamel.yaml import YAML
 
-from gdpipe.track.publish import EXPERIMENT_KIND
-from gdpipe.track.store import RACE_TRIES, retried_if_raced
+from gdpipe.track.store import EXPERIMENT_KIND, RACE_TRIES, retried_if_raced
 from support import (
     REPO,
     VARIANTS,
