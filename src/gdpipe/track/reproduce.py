@@ -302,7 +302,7 @@ def prepare_store(uri: str) -> None:
 
 
 def load(model_uri: str, store: str, folder: Path, x: float) -> Loaded:
-    """The model at `model_uri` in `store`, brought into `folder` and loaded through MLflow: its file's hash, w, f(x)."""
+    """The model at `model_uri` in `store`, brought into `folder`, loaded through MLflow: its file's hash, w, f(x)."""
     # The process's store, for MLflow's calls below: models:/ and runs:/ are resolved in it (a client's own URI
     # is not used there, and MLflow's default would make a stray ./mlflow.db).
     mlflow.set_tracking_uri(store)
