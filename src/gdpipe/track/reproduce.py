@@ -195,28 +195,27 @@ def check_params(worktree: Path, line: Lineage, rebuilt: dict[str, str] | None =
     Before the rebuild, with this gdpipe's reading of the params (`rebuilt` None; a params.yaml of another
     gdpipe's format is left to the rebuild); after it, with the params the rebuild's own run logged.
     """
+    logged = line.run.data.params
     if rebuilt is None:
         try:
             params = config.load(worktree / "params.yaml")
         except InputError:
             return
         rebuilt = {key: str(value) for key, value in run_params(params, line.variant).items()}
-    logged = line.run.data.params
-    keys = sorted(rebuilt.keys() | logged.keys())
+        keys = sorted(rebuilt.keys() & logged.keys())  # a key this gdpipe added or dropped is the rebuild's to judge
+    else:
+        keys = sorted(rebuilt.keys() | logged.keys())
     changed = [
         f"{key} is {rebuilt.get(key, 'absent')} there, {logged.get(key, 'absent')} in its run"
         for key in keys
         if rebuilt.get(key) != logged.get(key)
     ]
     if changed:
-        dirty = (
-            ", which was published from a workspace with uncommitted changes (git.dirty)"
-            if line.run.data.tags.get("git.dirty") == "true"
-            else ""
-        )
+        if line.run.data.tags.get("git.dirty") == "true":
+            changed.append("its run was published from a workspace with uncommitted changes, git.dirty")
         raise InputError(
             f"the params.yaml of commit {line.commit[:12]} does not give {line.what}'s fingerprint "
-            f"({'; '.join(changed)}): its result was not made from that commit{dirty}, so it cannot be rebuilt from it"
+            f"({'; '.join(changed)}): its result was not made from that commit, so it cannot be rebuilt from it"
         )
 
 
@@ -251,7 +250,7 @@ def worktree(root: Path, commit: str, folder: Path) -> Iterator[Path]:
 
 
 def start_rebuild(path: Path, scratch: Path, store: str) -> subprocess.Popen:
-    """`dvc repro --force --no-run-cache` in the worktree, with this venv, a DVC cache and site cache in
+    """`dvc repro --force --no-run-cache` in the worktree, with this venv, a DVC cache, site cache and TMPDIR in
     `scratch`, the throwaway MLflow store `store`, and none of the caller's DVC or MLflow settings: started,
     in a process group of its own (stopped whole by `stop`), its output in scratch/rebuild.log."""
     (path / ".venv").symlink_to(Path(sys.prefix).resolve(), target_is_directory=True)  # stages/python runs it
@@ -263,6 +262,8 @@ def start_rebuild(path: Path, scratch: Path, store: str) -> subprocess.Popen:
         and key not in ("PYTHONPATH", "GDPIPE_PYTHON")
     }
     env |= {"MLFLOW_TRACKING_URI": store, "DVC_SITE_CACHE_DIR": str(scratch / "site"), "DVC_NO_ANALYTICS": "1"}
+    (scratch / "tmp").mkdir()
+    env["TMPDIR"] = str(scratch / "tmp")  # what the stages leave in a temporary folder goes with `scratch` too
     cache = subprocess.run(
         [dvc, "config", "--local", "cache.dir", str(scratch / "cache")],
         cwd=path,
