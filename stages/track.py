@@ -15,6 +15,7 @@ from gdpipe.core.artifacts import Dataset, train_outputs
 from gdpipe.core.command import run_command
 from gdpipe.core.files import read_json, write_json
 from gdpipe.track import settings
+from gdpipe.track.environment import environment
 from gdpipe.track.record import build_record, lineage_tags
 from gdpipe.track.where import repo_root, tracking_uri
 
@@ -37,7 +38,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     params = config.load(args.params)
     metrics = read_json(args.metrics)
-    lineage = lineage_tags(Path.cwd())
+    # The software this stage runs with, which trained the result when one dvc repro did both (make reproduce
+    # names it when a rebuild differs): tags of the run, never part of an output.
+    lineage = lineage_tags(Path.cwd()) | environment()
     records = [
         build_record(
             params,

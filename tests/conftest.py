@@ -17,7 +17,15 @@ from support import build_workspace, copy_repo, dvc, load_default_params, with_o
 # Fixtures that are costly to make (a server, a promoted or published copy of the project) and shared by
 # several tests. The tests that use one are an xdist_group named after it: `make test` (--dist loadgroup)
 # runs them on one worker, which makes the fixture once instead of once per worker.
-SHARED_FIXTURES = ("team_server", "promoted_repo", "published", "guarded_track_run", "s3", "pushed")
+SHARED_FIXTURES = (
+    "team_server",
+    "promoted_repo",
+    "reproducible_repo",
+    "published",
+    "guarded_track_run",
+    "s3",
+    "pushed",
+)
 
 
 def pytest_configure(config):

@@ -49,8 +49,8 @@ def test_make_help_lists_every_target_a_user_runs():
         ["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True, check=True
     )
     listed = [line.split()[0] for line in done.stdout.splitlines()]
-    targets = ["help", "venv", "repro", "test", "lint", "check", "promote", "serve", "server", "server-stop"]
-    targets += ["push", "pull", "bench", "ui", "sweep", "clean"]
+    targets = ["help", "venv", "repro", "test", "lint", "check", "promote", "reproduce", "serve", "server"]
+    targets += ["server-stop", "push", "pull", "bench", "ui", "sweep", "clean"]
     assert listed == targets
     assert all(len(line.split(maxsplit=1)) == 2 for line in done.stdout.splitlines())  # each with what it does
 
