@@ -87,7 +87,7 @@ def test_learning_rate_just_above_the_bound_diverges_and_is_recorded(params, var
     assert np.all(np.isfinite(history.w)) and np.all(np.isfinite(history.loss))
     model = TrainedModel.from_history(variant, history, {"train.lr": 0.14})
     assert model.diverged and model.w == history.w[-1]
-    note = train.divergence_note(variant, history, dataset, p.train, p.data.x_layout)
+    note = train.divergence_note(variant, history.diverged_at, dataset, p.train, p.data.x_layout)
     assert (
         f"diverged at epoch {history.diverged_at}" in note and "0 < lr < 0.1333" in note and "train.lr = 0.14" in note
     )
@@ -111,7 +111,7 @@ def test_a_loss_beyond_float32_at_the_start_is_blamed_on_w_init_not_on_the_learn
     dataset = generate(p.data)
     history = train.train(variant, dataset, p.train)
     assert history.diverged_at == 1
-    note = train.divergence_note(variant, history, dataset, p.train, p.data.x_layout)
+    note = train.divergence_note(variant, history.diverged_at, dataset, p.train, p.data.x_layout)
     assert note == (
         f"{variant} diverged at epoch 1: the loss at train.w_init = 1e+19 is already beyond float32's range, "
         "whatever the learning rate; start nearer the data (a smaller |train.w_init|)."
@@ -129,7 +129,7 @@ def test_divergence_note_on_a_large_grid_suggests_the_uniform_layout(params):
     dataset = generate(p.data)
     history = train.train("numpy", dataset, p.train)
     assert history.diverged_at is not None
-    note = train.divergence_note("numpy", history, dataset, p.train, p.data.x_layout)
+    note = train.divergence_note("numpy", history.diverged_at, dataset, p.train, p.data.x_layout)
     assert "3/n^2" in note and "x_layout: uniform" in note
 
 
