@@ -1,6 +1,14 @@
-"""The PyTorch variant: gradient descent with autograd, exactly as the lesson teaches it."""
+"""The PyTorch variant: gradient descent with autograd, as the lesson teaches it, summed over fixed chunks.
+
+Each epoch runs forward, loss and backward() on every chunk of this process's data (gdpipe.train.chunks),
+then adds the chunks' losses and gradients in float64, exactly rounded: the same bits however many threads
+or processes (gdpipe.train.distributed) share the chunks. With one chunk (n <= 16,384, the lesson's 4
+points among them) this is torch's own mse_loss(...).backward() on the whole data, bit for bit.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -10,6 +18,11 @@ from gdpipe.core.artifacts import Dataset
 from gdpipe.core.command import InputError
 from gdpipe.core.config import TrainParams
 from gdpipe.linear import predict
+from gdpipe.train import chunks
+
+# Every chunk's (sum of squared errors, gradient) of one process, in float64 -> those of all chunks, in
+# chunk order. One process has them all already.
+Gather = Callable[[torch.Tensor], torch.Tensor]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -22,28 +35,50 @@ def resolve_device(name: str) -> torch.device:
 
 
 class TorchStepper:
-    """loss.backward(), then w -= lr * w.grad under no_grad, then zero the gradient."""
+    """Per chunk: forward, loss, backward(); then w -= lr * dw, dw the chunks' gradients summed in chunk order.
 
-    def __init__(self, data: Dataset, params: TrainParams) -> None:
-        device = resolve_device(params.torch.device)
-        self.x = torch.from_numpy(data.x).to(device)
-        self.y = torch.from_numpy(data.y).to(device)
+    `data` is this process's chunks (all of them by default), of a data set of `n` points.
+    """
+
+    def __init__(
+        self,
+        data: Dataset,
+        params: TrainParams,
+        n: int | None = None,
+        gather: Gather = lambda parts: parts,
+        device: torch.device | None = None,
+    ) -> None:
+        device = device or resolve_device(params.torch.device)
+        x, y = torch.from_numpy(data.x).to(device), torch.from_numpy(data.y).to(device)
+        # One row per chunk, a few MiB of rows at a time: autograd's temporaries stay that size.
+        self.blocks = [
+            (x[start : start + rows * size].view(rows, size), y[start : start + rows * size].view(rows, size))
+            for start, rows, size in chunks.blocks(x.numel())
+        ]
+        self.n = data.x.size if n is None else n
+        self.gather = gather
         self.lr = params.lr
-        self.w = torch.tensor(params.w_init, dtype=torch.float32, device=device, requires_grad=True)
+        self.w = torch.tensor(params.w_init, dtype=torch.float32, device=device)
         # The record stays on the device during training and is copied to the host once at the end.
         self.ws = torch.empty(params.epochs, dtype=torch.float32, device=device)
         self.losses = torch.empty(params.epochs, dtype=torch.float32, device=device)
+        self.no_parts = torch.empty((0, 2), dtype=torch.float64, device=device)
 
     def step(self, index: int) -> None:
-        # mse_loss is the lesson's ((y_hat - y)**2).mean() as one fused kernel forward and one
-        # backward: the same numbers (a test holds them equal) with fewer full-size temporaries.
-        loss = mse_loss(predict(self.w, self.x), self.y)
-        loss.backward()
-        with torch.no_grad():
-            self.w -= self.lr * self.w.grad
-            self.ws[index] = self.w
-            self.losses[index] = loss
-        self.w.grad.zero_()
+        parts = []
+        for x, y in self.blocks:
+            # Each chunk (row) its own copy of w, so that backward() leaves each chunk's gradient in its w.grad.
+            w = self.w.expand(len(x), 1).clone().requires_grad_()
+            y_hat = predict(w, x)
+            sse = mse_loss(y_hat, y, reduction="none").sum(dim=1)  # each chunk's sum of squared errors
+            (sse / self.n).sum().backward()  # w.grad[k]: the gradient of chunk k's part of the mean
+            parts.append(torch.stack((sse.detach(), w.grad.view(-1)), dim=1).double())
+        sse, grad = self.gather(torch.cat(parts) if parts else self.no_parts).T.tolist()
+        # The mean squared error and its gradient over all n points: float64 sums, exactly rounded.
+        loss, dw = chunks.total(sse) / self.n, torch.tensor(chunks.total(grad), dtype=torch.float32)
+        self.w -= self.lr * dw
+        self.ws[index] = self.w
+        self.losses[index] = loss
 
     def all_finite(self) -> bool:
         return bool(torch.isfinite(self.w))
