@@ -35,6 +35,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gdpipe.track import settings
+
+# A command run as `python -m`: MLflow reads some of gdpipe's settings as it is imported, so they come first.
+settings.apply()
+
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -45,10 +50,12 @@ from ruamel.yaml import YAML
 from gdpipe.core import config
 from gdpipe.core.command import InputError, Terminated, run_command, signals_held
 from gdpipe.core.files import file_sha256
+from gdpipe.core.store_uri import sqlite_file
 from gdpipe.track import environment
-from gdpipe.track.publish import FINGERPRINT_TAG
+from gdpipe.track.claim import FINGERPRINT_TAG
+from gdpipe.track.failures import STORE_ERRORS, store_failure
 from gdpipe.track.record import run_params
-from gdpipe.track.store import STORE_ERRORS, sqlite_file, store_failure, store_lock
+from gdpipe.track.store import store_lock
 from gdpipe.track.where import redact, repo_root, tracking_uri
 
 EXIT_DIFFERS = 1
