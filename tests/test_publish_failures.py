@@ -122,7 +122,7 @@ def test_a_run_left_running_by_sigkill_while_publishing_is_marked_killed_by_the_
 # --- Concurrency -----------------------------------------------------------------------------
 
 PUBLISHER = """
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 from gdpipe.core import config
 from gdpipe.core.artifacts import Dataset
@@ -141,7 +141,9 @@ while not go.exists():  # both workers start publishing at the same moment, on a
 def model_trained_with(variant, lr):  # the workspace's model, as if trained with lr (build_record checks it)
     model = read_json(workspace / f"models/{variant}.json")
     model["trained_with"]["train.lr"] = lr
-    path = Path(go.parent / f"{go.name}-{variant}-{lr}.json")
+    # This worker's own file, as each `dvc exp` worker has its own copy of the workspace: a file both
+    # wrote could be read half-rewritten by the other and hashed as another result.
+    path = Path(go.parent / f"{go.name}-{os.getpid()}-{variant}-{lr}.json")
     path.write_text(json.dumps(model))
     return path
 
