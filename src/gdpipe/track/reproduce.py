@@ -250,9 +250,9 @@ def worktree(root: Path, commit: str, folder: Path) -> Iterator[Path]:
 
 
 def start_rebuild(path: Path, scratch: Path, store: str) -> subprocess.Popen:
-    """`dvc repro --force --no-run-cache` in the worktree, with this venv, a DVC cache, site cache and TMPDIR in
-    `scratch`, the throwaway MLflow store `store`, and none of the caller's DVC or MLflow settings: started,
-    in a process group of its own (stopped whole by `stop`), its output in scratch/rebuild.log."""
+    """`dvc repro --force --no-run-cache` in the worktree `path` (`scratch`/<commit>), started: with this venv, a
+    DVC cache, site cache and TMPDIR in `scratch`, the throwaway MLflow store `store`, none of the caller's DVC or
+    MLflow settings, in a process group of its own (stopped whole by `stop`), its output in scratch/rebuild.log."""
     (path / ".venv").symlink_to(Path(sys.prefix).resolve(), target_is_directory=True)  # stages/python runs it
     dvc = Path(sys.executable).with_name("dvc")  # this venv's, a dependency of gdpipe
     env = {
@@ -264,15 +264,11 @@ def start_rebuild(path: Path, scratch: Path, store: str) -> subprocess.Popen:
     env |= {"MLFLOW_TRACKING_URI": store, "DVC_SITE_CACHE_DIR": str(scratch / "site"), "DVC_NO_ANALYTICS": "1"}
     (scratch / "tmp").mkdir()
     env["TMPDIR"] = str(scratch / "tmp")  # what the stages leave in a temporary folder goes with `scratch` too
-    cache = subprocess.run(
-        [dvc, "config", "--local", "cache.dir", str(scratch / "cache")],
-        cwd=path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if cache.returncode != 0:
-        raise InputError(f"dvc could not set the rebuild's own cache: {_last_line(cache.stderr)}")
+    # Its own empty DVC cache, whatever the project's, the user's or the system's DVC config say: a local config
+    # wins over them all. Written as `dvc config --local cache.dir` would write it, a second sooner; a relative
+    # path is read from .dvc/, so `scratch`'s characters need no quoting.
+    assert path.parent == scratch, path
+    (path / ".dvc" / "config.local").write_text("[cache]\n    dir = ../../cache\n")
     with (scratch / "rebuild.log").open("w") as log:
         return subprocess.Popen(
             [dvc, *REBUILD], cwd=path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
