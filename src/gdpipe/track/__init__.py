@@ -6,6 +6,8 @@
     store.py         how the store's writers take turns, its failures in words, a half-built sqlite store
     where.py         where the store is, its name without secrets, whether it holds the current result (no MLflow)
     pyfunc_model.py  the trained line as an MLflow pyfunc model (logged as code, so MLflow imports it too)
+    environment.py   the software a run was made with, as its tags gdpipe.env.* (no MLflow)
+    reproduce.py     make reproduce: a registered version rebuilt from its lineage, from nothing, and compared
 
 Importing this package first gives MLflow the settings it reads, before mlflow itself is imported:
 no telemetry, no progress bars on stderr, and a tracking server that does not answer fails within
