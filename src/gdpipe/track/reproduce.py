@@ -244,7 +244,9 @@ def worktree(root: Path, commit: str, folder: Path) -> Iterator[Path]:
     finally:
         with signals_held():  # a stop during the clean-up lands after it
             (path / ".venv").unlink(missing_ok=True)  # the user's venv: never through it
-            removed = subprocess.run(["git", "worktree", "remove", "--force", "--force", str(path)], cwd=root)
+            removed = subprocess.run(
+                ["git", "worktree", "remove", "--force", "--force", str(path)], cwd=root, capture_output=True
+            )
             if removed.returncode != 0:
                 subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
 
@@ -391,14 +393,11 @@ def verdict(
             f"  its run was published from a workspace with uncommitted changes (git.dirty): commit "
             f"{line.commit[:12]} does not hold everything that made it"
         )
-    lines.append(
-        "  environment: "
-        + (
-            "; ".join(environment_notes)
-            or "the same as recorded at training (Python, NumPy, "
-            "PyTorch, DVC, MLflow, platform and BLAS kernel): the difference is not the software's"
-        )
+    same = (
+        "the same as recorded at training (Python, NumPy, PyTorch, DVC, MLflow, platform and BLAS kernel): "
+        "the difference is not the software's"
     )
+    lines.append(f"  environment: {'; '.join(environment_notes) or same}")
     return "\n".join(lines), EXIT_DIFFERS
 
 
