@@ -9,7 +9,7 @@ quotes, updated on purpose with `make bench BENCH_OUT=bench/results.json`).
     python bench/run.py [--quick] [--only kernel,memory,...] --out bench/latest.json
 
 One module per benchmark, named in BENCHMARKS and run in its order (overhead and collector reuse the
-repository pipeline reproduced):
+repository pipeline reproduced, and so does reproduce):
 
     kernel.py     per-epoch time of each training step / one np.dot(x, y) over the same float32 arrays
     memory.py     peak RSS of each train stage at N = 5e7 / the bytes of x and y
@@ -21,6 +21,7 @@ repository pipeline reproduced):
     pipeline.py   `dvc repro -f` / the tutorial script with MLflow logging (and / the bare script)
     overhead.py   `dvc repro` with everything up to date / `dvc status`
     collector.py  the stage commands with gdpipe's garbage-collector setting / with the collector off
+    reproduce.py  `make reproduce` of the challenger / `dvc repro -f` of the same commit
     serving.py    requests per second to the served champion / to a bare echo model served the same way
 
 Each has run(quick, work) -> its results, the JSON under its name; rows(results) -> its lines of
@@ -45,6 +46,7 @@ import memory
 import overhead
 import pipeline
 import publish
+import reproduce
 import serving
 import team
 from common import Row
@@ -60,6 +62,7 @@ BENCHMARKS = {
     "pipeline": pipeline,
     "overhead": overhead,
     "collector": collector,
+    "reproduce": reproduce,
     "serving": serving,
 }
 # The goal of each figure: the median ratio must be at most (<=) or at least (>=) this.

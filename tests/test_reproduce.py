@@ -107,16 +107,13 @@ def test_the_champion_rebuilds_identical_from_its_own_commit_after_params_and_co
 ):
     repo = Path(shutil.copytree(reproducible_repo, tmp_path / "repo", symlinks=True))
     first = git(repo, "rev-parse", "HEAD").strip()
-    # Params and code move on, in a new commit, and make a new result: version 2, the challenger.
+    # Params and code move on, in a new commit.
     params = (repo / "params.yaml").read_text()
     assert params.count("  lr: 0.01 ") == 1
     (repo / "params.yaml").write_text(params.replace("  lr: 0.01 ", "  lr: 0.02 "))
     with (repo / "src" / "gdpipe" / "train" / "loop.py").open("a") as code:
         code.write("# a later commit's code\n")
     git(repo, *GIT, "commit", "-qam", "moved on")
-    moved = make(repo, "repro")
-    assert moved.returncode == 0, moved.stdout + moved.stderr
-    assert store(repo).get_model_version_by_alias("gdpipe-torch", "challenger").version == 2
 
     before = state(repo)
     done = reproduce_in(repo, "gdpipe-torch@champion", tmp_path / "tmp")

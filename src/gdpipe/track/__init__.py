@@ -9,6 +9,8 @@ versions.py      each result's model as a version of `<prefix>-<variant>`; the c
 champion.py      the champion pair: a result promoted whole, a record and two aliases that follow it
 registry.py      the commands `promote` and `serve`
 where.py         where the store is, its name without secrets, whether it holds the current result (no MLflow)
+environment.py   the software a run was made with, as its tags gdpipe.env.* (no MLflow)
+reproduce.py     make reproduce: a registered version rebuilt from its lineage, from nothing, and compared
 pyfunc_model.py  the trained line as an MLflow pyfunc model (logged as code, so MLflow imports it too)
 settings.py      MLflow's settings (no telemetry, quiet logs): `apply()` before mlflow is imported
 """

@@ -50,8 +50,10 @@ def differences(trained: dict[str, str], rebuilt: dict[str, str]) -> list[str]:
         return ["the environment at training was not recorded (its run was published before gdpipe recorded it)"]
     phrases = []
     for key, name in NAMES.items():
-        before, now = trained.get(TAG_PREFIX + key, "not recorded"), rebuilt.get(TAG_PREFIX + key, "none")
-        if before != now:
+        before, now = trained.get(TAG_PREFIX + key), rebuilt.get(TAG_PREFIX + key, "none")
+        if before is None:
+            phrases.append(f"{name} not recorded at training, rebuilt with {now}")
+        elif before != now:
             phrases.append(f"trained with {name} {before}, rebuilt with {now}")
     return phrases
 

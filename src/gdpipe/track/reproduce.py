@@ -251,15 +251,17 @@ def worktree(root: Path, commit: str, folder: Path) -> Iterator[Path]:
     finally:
         with signals_held():  # a stop during the clean-up lands after it
             (path / ".venv").unlink(missing_ok=True)  # the user's venv: never through it
-            removed = subprocess.run(["git", "worktree", "remove", "--force", "--force", str(path)], cwd=root)
+            removed = subprocess.run(
+                ["git", "worktree", "remove", "--force", "--force", str(path)], cwd=root, capture_output=True
+            )
             if removed.returncode != 0:
                 subprocess.run(["git", "worktree", "prune"], cwd=root, capture_output=True)
 
 
 def start_rebuild(path: Path, scratch: Path, store: str) -> subprocess.Popen:
-    """`dvc repro --force --no-run-cache` in the worktree, with this venv, a DVC cache, site cache and TMPDIR in
-    `scratch`, the throwaway MLflow store `store`, and none of the caller's DVC or MLflow settings: started,
-    in a process group of its own (stopped whole by `stop`), its output in scratch/rebuild.log."""
+    """`dvc repro --force --no-run-cache` in the worktree `path` (`scratch`/<commit>), started: with this venv, a
+    DVC cache, site cache and TMPDIR in `scratch`, the throwaway MLflow store `store`, none of the caller's DVC or
+    MLflow settings, in a process group of its own (stopped whole by `stop`), its output in scratch/rebuild.log."""
     (path / ".venv").symlink_to(Path(sys.prefix).resolve(), target_is_directory=True)  # stages/python runs it
     dvc = Path(sys.executable).with_name("dvc")  # this venv's, a dependency of gdpipe
     env = {
@@ -271,15 +273,11 @@ def start_rebuild(path: Path, scratch: Path, store: str) -> subprocess.Popen:
     env |= {"MLFLOW_TRACKING_URI": store, "DVC_SITE_CACHE_DIR": str(scratch / "site"), "DVC_NO_ANALYTICS": "1"}
     (scratch / "tmp").mkdir()
     env["TMPDIR"] = str(scratch / "tmp")  # what the stages leave in a temporary folder goes with `scratch` too
-    cache = subprocess.run(
-        [dvc, "config", "--local", "cache.dir", str(scratch / "cache")],
-        cwd=path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if cache.returncode != 0:
-        raise InputError(f"dvc could not set the rebuild's own cache: {_last_line(cache.stderr)}")
+    # Its own empty DVC cache, whatever the project's, the user's or the system's DVC config say: a local config
+    # wins over them all. Written as `dvc config --local cache.dir` would write it, a second sooner; a relative
+    # path is read from .dvc/, so `scratch`'s characters need no quoting.
+    assert path.parent == scratch, path
+    (path / ".dvc" / "config.local").write_text("[cache]\n    dir = ../../cache\n")
     with (scratch / "rebuild.log").open("w") as log:
         return subprocess.Popen(
             [dvc, *REBUILD], cwd=path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -402,14 +400,11 @@ def verdict(
             f"  its run was published from a workspace with uncommitted changes (git.dirty): commit "
             f"{line.commit[:12]} does not hold everything that made it"
         )
-    lines.append(
-        "  environment: "
-        + (
-            "; ".join(environment_notes)
-            or "the same as recorded at training (Python, NumPy, "
-            "PyTorch, DVC, MLflow, platform and BLAS kernel): the difference is not the software's"
-        )
+    same = (
+        "the same as recorded at training (Python, NumPy, PyTorch, DVC, MLflow, platform and BLAS kernel): "
+        "the difference is not the software's"
     )
+    lines.append(f"  environment: {'; '.join(environment_notes) or same}")
     return "\n".join(lines), EXIT_DIFFERS
 
 
