@@ -35,7 +35,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 class TorchStepper:
-    """Per chunk: forward, loss, backward(); then w -= lr * dw, dw the chunks' gradients summed in chunk order.
+    """Per chunk: forward, loss, backward(); then w -= lr * dw, dw the chunks' gradients summed exactly.
 
     `data` is this process's chunks (all of them by default), of a data set of `n` points.
     """
@@ -69,14 +69,14 @@ class TorchStepper:
         for x, y in self.blocks:
             # Each chunk (row) its own copy of w, so that backward() leaves each chunk's gradient in its w.grad.
             w = self.w.expand(len(x), 1).clone().requires_grad_()
-            y_hat = predict(w, x)
-            sse = mse_loss(y_hat, y, reduction="none").sum(dim=1)  # each chunk's sum of squared errors
-            (sse / self.n).sum().backward()  # w.grad[k]: the gradient of chunk k's part of the mean
+            y_hat = predict(w, x)  # forward
+            sse = mse_loss(y_hat, y, reduction="none").sum(dim=1)  # loss: each chunk's sum of squared errors
+            (sse / self.n).sum().backward()  # backward: w.grad[k], the gradient of chunk k's part of the mean
             parts.append(torch.stack((sse.detach(), w.grad.view(-1)), dim=1).double())
         sse, grad = self.gather(torch.cat(parts) if parts else self.no_parts).T.tolist()
         # The mean squared error and its gradient over all n points: float64 sums, exactly rounded.
         loss, dw = chunks.total(sse) / self.n, torch.tensor(chunks.total(grad), dtype=torch.float32)
-        self.w -= self.lr * dw
+        self.w -= self.lr * dw  # update
         self.ws[index] = self.w
         self.losses[index] = loss
 
