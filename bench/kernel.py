@@ -85,7 +85,7 @@ def _epochs_runner(variant: str, dataset, epochs: int):
         # The repository's train section (one process on the CPU, the mean gradient), this lr and these epochs.
         document = with_overrides(load_default_params(), {"train.lr": lr, "train.epochs": epochs, "train.w_init": 0.0})
         params = config.Params.model_validate(document).train
-        train.stepper_class(variant, dataset.x.nbytes)  # imports torch, as the train stage does before its clock starts
+        train.stepper_class(variant)  # imports torch, as the train stage does before its clock starts
         return lambda: train.train(variant, dataset, params)
     if variant == "tutorial-numpy":
         # The lesson's NumPy cell, with its gradient made the mean (its sum diverges at large N).
