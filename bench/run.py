@@ -23,6 +23,8 @@ repository pipeline reproduced, and so does reproduce):
     collector.py  the stage commands with gdpipe's garbage-collector setting / with the collector off
     reproduce.py  `make reproduce` of the challenger / `dvc repro -f` of the same commit
     serving.py    requests per second to the served champion / to a bare echo model served the same way
+    distributed.py  the torch train stage at N = 1e7 on 2 processes / on 1: epochs per second; a rank's peak RSS /
+                  the single process's
 
 Each has run(quick, work) -> its results, the JSON under its name; rows(results) -> its lines of
 the table; and, if it has them, GOALS {row label: ("<=" or ">=", bound)} and notes(results) -> the
@@ -40,6 +42,7 @@ import time
 from pathlib import Path
 
 import collector
+import distributed
 import kernel
 import longrun
 import memory
@@ -64,6 +67,7 @@ BENCHMARKS = {
     "collector": collector,
     "reproduce": reproduce,
     "serving": serving,
+    "distributed": distributed,
 }
 # The goal of each figure: the median ratio must be at most (<=) or at least (>=) this.
 GOALS = {label: goal for module in BENCHMARKS.values() for label, goal in getattr(module, "GOALS", {}).items()}

@@ -32,7 +32,7 @@ def main(argv=None):
         diverged_at = TrainedModel.load(args.model, "torch").diverged_at_epoch
     else:
         dataset = Dataset.load(args.data)
-        stepper_class(args.variant, dataset.x.nbytes)  # imports torch now, so that the clock times training alone
+        stepper_class(args.variant)  # imports torch now, so that the clock times training alone
         started_ms = time.time_ns() // 1_000_000
         history = train(args.variant, dataset, params.train)
         save(args.variant, history, params, outputs, started_ms, time.time_ns() // 1_000_000)

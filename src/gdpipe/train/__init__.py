@@ -5,7 +5,6 @@ history = train("numpy", dataset, params.train)    # or "torch"; torch on severa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +15,13 @@ from gdpipe.core.config import Params, TrainParams, Variant
 from gdpipe.linear import lr_bound, mse, predict
 from gdpipe.train.loop import Stepper, fit
 
-# glibc serves blocks over 32 MiB (its largest mmap threshold) from fresh mmaps and unmaps them
-# when freed, so above this size every epoch page-faults torch's autograd temporaries in anew.
-HUGE_PAGES_FROM_BYTES = 32 << 20
 
-
-def stepper_class(variant: Variant, array_bytes: int) -> type[Stepper]:
-    """The variant's stepper; torch is imported only when it is asked for.
-
-    For arrays over HUGE_PAGES_FROM_BYTES, torch is told (before it is imported) to advise its
-    large allocations onto transparent huge pages: 512 times fewer page faults per epoch. Smaller
-    arrays are reused from glibc's heap without faults, where huge pages would only add zeroing.
-    """
+def stepper_class(variant: Variant) -> type[Stepper]:
+    """The variant's stepper; torch is imported only when it is asked for."""
     if variant == "numpy":
         from gdpipe.train.numpy_variant import NumpyStepper
 
         return NumpyStepper
-    if array_bytes > HUGE_PAGES_FROM_BYTES:
-        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # a user's own setting wins
     from gdpipe.train.torch_variant import TorchStepper
 
     return TorchStepper
@@ -41,7 +29,7 @@ def stepper_class(variant: Variant, array_bytes: int) -> type[Stepper]:
 
 def train(variant: Variant, data: Dataset, params: TrainParams) -> History:
     """Run gradient descent for `variant`; a divergence ends the history at its last finite epoch."""
-    stepper = stepper_class(variant, data.x.nbytes)(data, params)
+    stepper = stepper_class(variant)(data, params)
     return fit(stepper, params.epochs, params.log_every, label=f"train {variant}")
 
 
