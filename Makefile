@@ -33,7 +33,7 @@ BENCH_OUT ?= bench/latest.json
 # written). A copy of the module, not an import of gdpipe: worktrees of other commits share this venv.
 VENV_START := import gdpipe_venv_start; gdpipe_venv_start.start()
 
-.PHONY: help repro test lint check promote reproduce serve server server-stop push pull bench ui sweep clean venv pipeline
+.PHONY: help repro test lint check promote reproduce serve server server-stop push pull bench ui sweep tune clean venv pipeline
 
 help:  ## list these targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/' | expand -t 13
@@ -143,6 +143,12 @@ sweep: $(STAMP)  ## a learning-rate sweep (SWEEP_LRS) as queued DVC experiments
 	for i in $$(seq 900); do $(BIN)/dvc queue status | grep -qE 'Queued|Running' || break; sleep 2; done
 	status="$$($(BIN)/dvc queue status)" && echo "$$status" && ! echo "$$status" | grep -qE 'Failed|Queued|Running'
 	$(BIN)/dvc exp show --no-pager --drop '.*' --keep 'Experiment|train\.lr|(numpy|torch)\.loss'
+
+# An Optuna study of train.lr (params.yaml's tune; docs/tune.md): one line per finished trial, then the best lr
+# against the closed form. The study is in GDPIPE_TUNE_STORAGE (make server prints it), else mlruns/optuna.db:
+# any number of clones pointed at one storage share the study, each trial run once.
+tune: $(STAMP)  ## an Optuna study of the learning rate, each trial a DVC experiment and MLflow run
+	PYTHONPATH=src $(BIN)/python -m gdpipe.tune --params params.yaml
 
 clean:  ## remove .venv and the test caches (after a wrong Python, say)
 	rm -rf "$$(readlink -f $(VENV))" $(VENV) .pytest_cache .hypothesis .ruff_cache

@@ -95,6 +95,16 @@ BAD_VALUES = [
     ({"track.max_points_per_metric": 1}, "track.max_points_per_metric = 1: must be >= 2"),
     ({"track.max_points_per_metric": 200.5}, "track.max_points_per_metric = 200.5: must be a whole number"),
     ({"track.max_points_per_metric": "all"}, "track.max_points_per_metric = 'all': must be a whole number"),
+    # make tune's study: an empty or inverted search space, a study name that cannot name a DVC experiment.
+    ({"tune.lr_low": 0.2, "tune.lr_high": 0.1}, "tune: lr_low must be < lr_high, got 0.2 and 0.1"),
+    ({"tune.lr_low": 0.0}, "tune.lr_low = 0.0: must be > 0"),
+    ({"tune.trials": 0}, "tune.trials = 0: must be >= 1"),
+    ({"tune.sampler": "grid"}, "tune.sampler = 'grid': must be 'tpe' or 'random'"),
+    ({"tune.study": "my study"}, "tune.study = 'my study': String should match pattern '^[A-Za-z0-9][A-Za-z0-9_.-]*$'"),
+    (
+        {"tune.heartbeat_interval": 60, "tune.grace_period": 60},
+        "tune: grace_period must be > heartbeat_interval, got 60 and 60: a live worker's trial would be taken for dead",
+    ),
 ]
 
 
@@ -128,10 +138,10 @@ def test_missing_key_is_named(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "is empty; expected the sections data, train, evaluate, track, thresholds"),
+        ("", "is empty; expected the sections data, train, evaluate, track, tune, thresholds"),
         (
             "- 1\n- 2\n",
-            "the top level must be a mapping of sections (data, train, evaluate, track, thresholds), got a list",
+            "the top level must be a mapping of sections (data, train, evaluate, track, tune, thresholds), got a list",
         ),
         ("train: [1, 2\n", "invalid YAML at line 2, column 1"),
         ("train: {lr: 1}\ntrain: {lr: 2}\n", 'invalid YAML at line 2, column 1: found duplicate key "train"'),

@@ -50,7 +50,7 @@ def test_make_help_lists_every_target_a_user_runs():
     )
     listed = [line.split()[0] for line in done.stdout.splitlines()]
     targets = ["help", "venv", "repro", "test", "lint", "check", "promote", "reproduce", "serve", "server"]
-    targets += ["server-stop", "push", "pull", "bench", "ui", "sweep", "clean"]
+    targets += ["server-stop", "push", "pull", "bench", "ui", "sweep", "tune", "clean"]
     assert listed == targets
     assert all(len(line.split(maxsplit=1)) == 2 for line in done.stdout.splitlines())  # each with what it does
 

@@ -134,6 +134,34 @@ class TrackParams(_Section):
     max_points_per_metric: int = Field(ge=2, le=MAX_EPOCHS)
 
 
+class TuneParams(_Section):
+    """make tune: an Optuna study of train.lr shared by every worker of its storage; each trial a DVC experiment."""
+
+    # The Optuna study, and the MLflow experiment of its runs; part of each trial's DVC experiment name (a git ref).
+    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    trials: int = Field(ge=1, le=10_000)  # finished trials in the study, across all its workers
+    epochs: int = Field(ge=1, le=MAX_EPOCHS)  # train.epochs of each trial: the objective is the loss after them
+    lr_low: float = Field(gt=0)  # the search space: train.lr from lr_low to lr_high, on a log scale
+    lr_high: float = Field(gt=0)
+    sampler: Literal["tpe", "random"]
+    seed: int = Field(ge=0)
+    # Optuna's heartbeat: a trial whose worker has not beaten for `grace_period` seconds (a kill -9, a lost
+    # machine) is failed by another worker, which runs it again with the same learning rate.
+    heartbeat_interval: int = Field(ge=1, le=3600)
+    grace_period: int = Field(ge=1, le=86_400)
+
+    @model_validator(mode="after")
+    def _space_and_beat(self) -> TuneParams:
+        if not self.lr_low < self.lr_high:
+            raise ValueError(f"lr_low must be < lr_high, got {self.lr_low:g} and {self.lr_high:g}")
+        if not self.heartbeat_interval < self.grace_period:
+            raise ValueError(
+                f"grace_period must be > heartbeat_interval, got {self.grace_period} and {self.heartbeat_interval}: "
+                "a live worker's trial would be taken for dead"
+            )
+        return self
+
+
 # The metrics the gate can bound, a closed set so that a misspelt name fails at load time.
 # A per-variant name bounds that key in every variant's section of metrics.json; prefixed with
 # a variant ("numpy.loss") it bounds that variant's only.
@@ -184,6 +212,8 @@ class Params(_Section):
     train: TrainParams
     evaluate: EvaluateParams
     track: TrackParams
+    # Read by make tune only; no DVC stage declares it either.
+    tune: TuneParams
     # Read by the gate only; no DVC stage declares it, so editing a bound reruns nothing.
     thresholds: dict[MetricName, Bound]
 

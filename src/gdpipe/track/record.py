@@ -24,6 +24,9 @@ from gdpipe.core.command import InputError
 from gdpipe.core.config import Params, Variant
 from gdpipe.core.files import file_sha256, require_finite
 
+# Set by make tune for a trial's DVC experiment (tune/trial.py): its study's parent run, and its number.
+TUNE_PARENT_VARIABLE = "GDPIPE_TUNE_PARENT_RUN"
+TUNE_TRIAL_VARIABLE = "GDPIPE_TUNE_TRIAL"
 # Final values logged beside the per-epoch w and loss (the last epoch's values are those series' ends).
 FINAL_METRICS = ("prediction", "abs_error", "w_star_distance", "epochs_trained")
 
@@ -94,7 +97,13 @@ def fingerprint(variant: str, flat_params: dict[str, object], file_hashes: dict[
 def lineage_tags(workdir: Path) -> dict[str, str]:
     """Git commit, dirty flag and the DVC experiment, as far as they are known here."""
     tags: dict[str, str] = {}
-    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev")):
+    for env, tag in (
+        ("DVC_EXP_NAME", "dvc.exp_name"),
+        ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev"),
+        # A trial of make tune: a child of its study's run, in MLflow's public way (track/study_run.py).
+        (TUNE_PARENT_VARIABLE, "mlflow.parentRunId"),
+        (TUNE_TRIAL_VARIABLE, "gdpipe.tune.trial"),
+    ):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     try:
