@@ -25,6 +25,7 @@ repository pipeline reproduced, and so does reproduce):
     serving.py    requests per second to the served champion / to a bare echo model served the same way
     distributed.py  the torch train stage at N = 1e7 on 2 processes / on 1: epochs per second; a rank's peak RSS /
                   the single process's
+    tune.py       make tune's trials per minute, 2 workers (clones) sharing a study on make server / 1 worker
 
 Each has run(quick, work) -> its results, the JSON under its name; rows(results) -> its lines of
 the table; and, if it has them, GOALS {row label: ("<=" or ">=", bound)} and notes(results) -> the
@@ -52,6 +53,7 @@ import publish
 import reproduce
 import serving
 import team
+import tune
 from common import Row
 from gdpipe.core.files import write_json
 from gdpipe.track import settings
@@ -68,6 +70,7 @@ BENCHMARKS = {
     "reproduce": reproduce,
     "serving": serving,
     "distributed": distributed,
+    "tune": tune,
 }
 # The goal of each figure: the median ratio must be at most (<=) or at least (>=) this.
 GOALS = {label: goal for module in BENCHMARKS.values() for label, goal in getattr(module, "GOALS", {}).items()}

@@ -6,13 +6,26 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from gdpipe.core import config
 from gdpipe.track import settings
-from support import build_workspace, copy_repo, dvc, load_default_params, with_overrides
+from support import (
+    REPO,
+    build_workspace,
+    child_env,
+    copy_repo,
+    dvc,
+    free_port,
+    load_default_params,
+    make,
+    src_env,
+    with_overrides,
+)
 
 # Fixtures that are costly to make (a server, a promoted or published copy of the project) and shared by
 # several tests. The tests that use one are an xdist_group named after it: `make test` (--dist loadgroup)
@@ -116,3 +129,48 @@ def reaper():
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+# --- make server, with basic auth: one per session (test_team_server.py, test_tune.py) ---------------------
+
+ADMIN = "gdpipe-admin"
+PASSWORD = f"pw-{uuid.uuid4().hex}"  # the admin's: must appear nowhere but in the environment
+CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
+
+
+@dataclass
+class TeamServer:
+    url: str
+    folder: Path  # SERVER_DIR
+    settings: tuple[str, ...]  # make's variables
+    outputs: list[str]  # everything make server printed
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return src_env(MLFLOW_TRACKING_URI=self.url, **CREDENTIALS) | extra
+
+    def client(self, monkeypatch):
+        from mlflow import MlflowClient  # here: conftest is imported before pytest_configure applies MLflow's settings
+
+        for key, value in CREDENTIALS.items():
+            monkeypatch.setenv(key, value)
+        return MlflowClient(self.url)
+
+
+@pytest.fixture(scope="session")
+def team_server():
+    # Not under pytest's tmp folder: when we are root, PostgreSQL runs as the user postgres, which must be
+    # able to reach its folder, and pytest makes its folders for root alone.
+    root = Path(tempfile.mkdtemp(prefix="gdpipe-team-"))
+    root.chmod(0o711)
+    port = free_port()
+    settings = (f"SERVER_DIR={root / 'server'}", f"SERVER_PORT={port}", "SERVER_AUTH=1")
+    started = make(REPO, "server", *settings, env=child_env(**CREDENTIALS))
+    server = TeamServer(f"http://127.0.0.1:{port}", root / "server", settings, [started.stdout, started.stderr])
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"export MLFLOW_TRACKING_URI={server.url}\n" in started.stdout
+        yield server
+    finally:
+        stopped = make(REPO, "server-stop", *settings, env=child_env())
+        assert stopped.returncode == 0 and "PostgreSQL" in stopped.stdout, stopped.stdout + stopped.stderr
+        shutil.rmtree(root)

@@ -12,11 +12,9 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR  # the codes MlflowException takes
 from ruamel.yaml import YAML
 
+from conftest import ADMIN, CREDENTIALS, PASSWORD
 from gdpipe.track.store import EXPERIMENT_KIND, RACE_TRIES, retried_if_raced
 from support import (
     REPO,
@@ -36,7 +35,6 @@ from support import (
     build_workspace,
     child_env,
     files_under,
-    free_port,
     make,
     make_results,
     publish_forked,
@@ -49,46 +47,7 @@ from support import (
     write_yaml,
 )
 
-ADMIN = "gdpipe-admin"
-PASSWORD = f"pw-{uuid.uuid4().hex}"  # the admin's: must appear nowhere but in the environment
 LONG_EPOCHS = 1000  # publishing a run's history then takes long enough (about a second) to be cut short
-CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
-
-
-@dataclass
-class TeamServer:
-    url: str
-    folder: Path  # SERVER_DIR
-    settings: tuple[str, ...]  # make's variables
-    outputs: list[str]  # everything make server printed
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return src_env(MLFLOW_TRACKING_URI=self.url, **CREDENTIALS) | extra
-
-    def client(self, monkeypatch) -> MlflowClient:
-        for key, value in CREDENTIALS.items():
-            monkeypatch.setenv(key, value)
-        return MlflowClient(self.url)
-
-
-@pytest.fixture(scope="session")
-def team_server():
-    # Not under pytest's tmp folder: when we are root, PostgreSQL runs as the user postgres, which must be
-    # able to reach its folder, and pytest makes its folders for root alone.
-    root = Path(tempfile.mkdtemp(prefix="gdpipe-team-"))
-    root.chmod(0o711)
-    port = free_port()
-    settings = (f"SERVER_DIR={root / 'server'}", f"SERVER_PORT={port}", "SERVER_AUTH=1")
-    started = make(REPO, "server", *settings, env=child_env(**CREDENTIALS))
-    server = TeamServer(f"http://127.0.0.1:{port}", root / "server", settings, [started.stdout, started.stderr])
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        assert f"export MLFLOW_TRACKING_URI={server.url}\n" in started.stdout
-        yield server
-    finally:
-        stopped = make(REPO, "server-stop", *settings, env=child_env())
-        assert stopped.returncode == 0 and "PostgreSQL" in stopped.stdout, stopped.stdout + stopped.stderr
-        shutil.rmtree(root)
 
 
 @pytest.fixture(scope="session")

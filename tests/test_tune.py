@@ -4,13 +4,21 @@ of the study's parent run, a diverged trial is a result, and bad input is one li
 from __future__ import annotations
 
 import math
+import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow import MlflowClient
+from optuna.trial import TrialState
 
+from conftest import PASSWORD
 from gdpipe.core import config
 from gdpipe.core.artifacts import TrainedModel
 from gdpipe.core.config import VARIANTS
@@ -21,12 +29,14 @@ from gdpipe.tune import search, trial
 from gdpipe.tune.__main__ import closed_form_lr
 from support import (
     assert_one_error_line,
+    clone,
     copy_repo,
     dvc,
     git,
     load_default_params,
     make,
     src_env,
+    wait_for,
     with_overrides,
     write_yaml,
 )
@@ -170,3 +180,93 @@ def test_a_study_of_the_same_name_with_another_space_is_one_line(tmp_path):
         f"gdpipe: error: tune storage {storage}: study 'lr-search' searches lr 0.001 to 0.2 with 3 epochs, "
         "params.yaml's tune lr 0.001 to 0.5 with 3 epochs: name another study (tune.study) or search the same space\n"
     )
+
+
+# --- several machines: clones of one project sharing a study on make server's PostgreSQL -------------------
+
+
+def storage_of(team_server) -> str:
+    """The storage make server printed (export GDPIPE_TUNE_STORAGE=...)."""
+    (line,) = [line for line in team_server.outputs[0].splitlines() if line.startswith("export GDPIPE_TUNE_STORAGE=")]
+    return shlex.split(line.removeprefix("export "))[0].split("=", 1)[1]
+
+
+def clones(tmp_path: Path, count: int, **overrides: object) -> list[Path]:
+    """`count` clones of a project whose tune section has `overrides`: as many machines, each its own DVC cache."""
+    source = copy_repo(tmp_path / "source")
+    write_yaml(source / "params.yaml", with_overrides(load_default_params(), overrides))
+    git(source, "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qam", "the team's study")
+    return [clone(source, tmp_path / f"machine-{index}") for index in range(count)]
+
+
+def start_tune(repo: Path, env: dict[str, str]) -> subprocess.Popen:
+    command = ["make", "-o", ".venv/.installed", "tune"]
+    with (repo.parent / f"{repo.name}.log").open("w") as log:  # the worker keeps its own copy of the file
+        return subprocess.Popen(
+            command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def study_and_runs(team_server, monkeypatch, name: str):
+    """The study's trials by state, its MLflow runs, and its parent run's id."""
+    study = optuna.load_study(study_name=name, storage=storage_of(team_server))
+    client = team_server.client(monkeypatch)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=1000)
+    return study, runs, study.user_attrs[search.PARENT_ATTR]
+
+
+def assert_one_child_per_trial_and_variant(study, runs, parent_id: str, trials: int) -> None:
+    complete = search.complete(study)
+    assert len(complete) == trials
+    lrs = [t.params["lr"] for t in complete]
+    assert len(set(lrs)) == trials, lrs  # no learning rate asked twice
+    parents = [run for run in runs if "gdpipe.tune.study" in run.data.tags]
+    assert [run.info.run_id for run in parents] == [parent_id] and parents[0].info.status == "FINISHED"
+    assert not [run.info.run_id for run in runs if run.info.status == "RUNNING"]
+    finished = [run for run in runs if run.info.status == "FINISHED" and run.info.run_id != parent_id]
+    assert all(run.data.tags["mlflow.parentRunId"] == parent_id for run in finished)
+    assert sorted((float(run.data.params["train.lr"]), run.data.tags["variant"]) for run in finished) == sorted(
+        (lr, variant) for lr in lrs for variant in VARIANTS
+    )
+
+
+def test_workers_in_three_clones_share_one_study(team_server, tmp_path, monkeypatch):
+    """Started together against make server (PostgreSQL, MLflow with auth): exactly the asked trials, each learning
+    rate once, one parent run, one child run per trial and variant; each trial a DVC experiment of the clone that
+    ran it."""
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    machines = clones(tmp_path, 3, **{"tune.study": name, "tune.trials": 5})
+    env = team_server.env(GDPIPE_TUNE_STORAGE=storage_of(team_server))
+    workers = [start_tune(repo, env) for repo in machines]
+    codes = [worker.wait(timeout=900) for worker in workers]
+    logs = [(repo.parent / f"{repo.name}.log").read_text() for repo in machines]
+    assert codes == [0, 0, 0], logs
+    study, runs, parent_id = study_and_runs(team_server, monkeypatch, name)
+    assert_one_child_per_trial_and_variant(study, runs, parent_id, 5)
+    ran = [set(dvc(repo, "exp", "list", "--name-only").stdout.split()) for repo in machines]
+    assert sum(len(names) for names in ran) == 5  # each trial ran in one clone only
+    assert set().union(*ran) == {t.user_attrs["dvc_experiment"] for t in search.complete(study)}
+    assert sum(line.startswith("trial ") for log in logs for line in log.splitlines()) == 5
+    assert PASSWORD not in "".join(logs)
+
+
+def test_a_worker_killed_mid_trial_leaves_its_trial_to_another(team_server, tmp_path, monkeypatch):
+    """kill -9 of a whole worker (a lost machine) during a trial: the other worker fails it once its heartbeat has
+    stood still for grace_period, runs it again with the same learning rate, and the study completes; no MLflow run
+    is left RUNNING (a publisher killed mid-way leaves one, which the retry's publisher marks KILLED)."""
+    name = f"killed-{uuid.uuid4().hex[:8]}"
+    overrides = {"tune.study": name, "tune.trials": 4, "tune.heartbeat_interval": 1, "tune.grace_period": 5}
+    machines = clones(tmp_path, 2, **overrides)
+    env = team_server.env(GDPIPE_TUNE_STORAGE=storage_of(team_server), GDPIPE_ABANDONED_AFTER="5")
+    victim, survivor = (start_tune(repo, env) for repo in machines)
+    log = machines[0].parent / f"{machines[0].name}.log"
+    wait_for(lambda: "trial " in log.read_text(), victim, 600, "the first worker's first trial")
+    time.sleep(3)  # well into its next trial (about 15 s each)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert survivor.wait(timeout=900) == 0, (machines[1].parent / f"{machines[1].name}.log").read_text()
+    study, runs, parent_id = study_and_runs(team_server, monkeypatch, name)
+    assert_one_child_per_trial_and_variant(study, runs, parent_id, 4)
+    (failed,) = study.get_trials(states=(TrialState.FAIL,))
+    (retried,) = [t for t in search.complete(study) if t.system_attrs.get("failed_trial") == failed.number]
+    assert retried.params == failed.params

@@ -97,6 +97,8 @@ def main(argv=None):
         url = running[1]
         print(f"MLflow server of {stack.folder} already runs at {url} ({_stop_command(stack)} stops it)")
     print(f"export MLFLOW_TRACKING_URI={url}")
+    # make tune's studies, on this machine (the socket): a team's own PostgreSQL is reached over the network.
+    print(f"export GDPIPE_TUNE_STORAGE={shlex.quote(postgres.database_uri(stack, 'optuna'))}")
     return 0
 
 

@@ -16,7 +16,7 @@ from gdpipe.team_server.stack import Stack, last_line, tail
 
 DB_PORT = 5432  # only a socket's name (.s.PGSQL.5432) in the cluster's own folder: no clash with other clusters
 DB_USER = "postgres"  # the cluster's superuser, and the Unix user that runs it when we are root
-DATABASES = ("mlflow", "mlflow_auth")  # runs and models; basic auth's users
+DATABASES = ("mlflow", "mlflow_auth", "optuna")  # runs and models; basic auth's users; make tune's studies
 SOCKET_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path)
 
 

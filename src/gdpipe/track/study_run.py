@@ -38,6 +38,8 @@ def finish(uri: str, run_id: str, picture: Path, best: dict[str, float]) -> None
     try:
         with store_lock(uri):
             client = MlflowClient(uri)
+            if client.get_run(run_id).info.status == "FINISHED":  # another worker saw the study complete first
+                return
             client.log_artifact(run_id, str(picture))
             stamp = now_ms()
             client.log_batch(run_id, metrics=[Metric(key, value, stamp, 0) for key, value in best.items()])
