@@ -270,3 +270,13 @@ def test_a_worker_killed_mid_trial_leaves_its_trial_to_another(team_server, tmp_
     (failed,) = study.get_trials(states=(TrialState.FAIL,))
     (retried,) = [t for t in search.complete(study) if t.system_attrs.get("failed_trial") == failed.number]
     assert retried.params == failed.params
+
+
+def test_an_mlflow_server_that_refuses_the_credentials_is_one_line_before_any_study(team_server, tmp_path):
+    write_yaml(tmp_path / "params.yaml", load_default_params())
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    env = team_server.env(GDPIPE_TUNE_STORAGE=storage, MLFLOW_TRACKING_PASSWORD="not-the-password")
+    done = subprocess.run([sys.executable, "-m", "gdpipe.tune"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert_one_error_line(done.stderr, f"MLflow tracking store {team_server.url}", "refused the credentials")
+    assert optuna.get_all_study_names(storage) == []  # nothing made that a later worker would wait on

@@ -16,6 +16,13 @@ from gdpipe.track.store import open_experiment, store_lock
 STUDY_TAG = "gdpipe.tune.study"
 
 
+def check(uri: str, experiment: str) -> None:
+    """The store answers and takes these credentials (the experiment is made the first time): before any trial
+    runs, and before this worker can make a study whose parent run it then could not make."""
+    with store_lock(uri):
+        open_experiment(experiment, uri)  # its failures are one line already
+
+
 def create(uri: str, experiment: str, study: str, params: dict[str, object]) -> str:
     """A new RUNNING parent run for `study` in `experiment`, with the search's params; its id."""
     try:

@@ -41,9 +41,14 @@ def main(argv=None):
     from gdpipe.track import study_run
     from gdpipe.tune import report, search, trial
 
+    study_run.check(uri, tune.study)
     opened = search.open_study(url, tune)
     if opened.created:
-        parent = study_run.create(uri, tune.study, tune.study, tune.model_dump())
+        try:
+            parent = study_run.create(uri, tune.study, tune.study, tune.model_dump())
+        except BaseException:  # a study without its parent run would keep every other worker waiting: none
+            search.forget(opened, url)
+            raise
         opened.study.set_user_attr(search.PARENT_ATTR, parent)
     else:
         parent = str(search.wait_for_attr(opened.study, search.PARENT_ATTR))

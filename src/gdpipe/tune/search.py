@@ -107,6 +107,11 @@ def _create_or_load(storage: RDBStorage, tune: TuneParams) -> Opened:
     return Opened(study, created=True)
 
 
+def forget(opened: Opened, url: str) -> None:
+    """Delete a study this worker has just made, before any trial: the next make tune makes it anew."""
+    optuna.delete_study(study_name=opened.study.study_name, storage=url)
+
+
 def wait_for_attr(study: optuna.Study, key: str, timeout: float = 60) -> object:
     """A user attr that the study's maker sets right after making it (its space, its parent run)."""
     attrs = wait_until(lambda: study.user_attrs.get(key) and study.user_attrs, timeout, 0.2)
