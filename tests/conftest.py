@@ -1,8 +1,10 @@
-"""Shared fixtures: validated params, finished workspaces and reproduced copies of the repo, and a
-reaper for child processes. The plain helpers live in support.py."""
+"""Fixtures of both tiers: validated params, a finished workspace made in this process, the gate's folder,
+and a reaper for child processes. The integration tier's own (reproduced copies of the repository, an
+empty MLflow store) are in integration/conftest.py; the plain helpers in support.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -12,12 +14,7 @@ import pytest
 
 import gdpipe.track  # noqa: F401  (first: gives MLflow gdpipe's settings before any test imports mlflow)
 from gdpipe.core import config
-from support import build_workspace, copy_repo, dvc, load_default_params, with_overrides
-
-# Fixtures that are costly to make (a server, a promoted or published copy of the project) and shared by
-# several tests. The tests that use one are an xdist_group named after it: `make test` (--dist loadgroup)
-# runs them on one worker, which makes the fixture once instead of once per worker.
-SHARED_FIXTURES = ("team_server", "promoted_repo", "published", "guarded_track_run", "s3", "pushed")
+from support import LESSON, REPO, build_workspace, load_default_params, with_overrides
 
 
 def pytest_configure(config):
@@ -27,14 +24,6 @@ def pytest_configure(config):
     config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
     os.environ.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
     os.environ.update(HOME=home, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
-def pytest_collection_modifyitems(items):
-    for item in items:
-        shared = [name for name in SHARED_FIXTURES if name in item.fixturenames]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
 
 
 @pytest.fixture
@@ -48,44 +37,6 @@ def params():
 
 
 @pytest.fixture(scope="session")
-def reproduced_repo(tmp_path_factory) -> Path:
-    """A copy of the repository after one full `dvc repro` (shared: tests must not modify it)."""
-    repo = copy_repo(tmp_path_factory.mktemp("repo") / "repo")
-    dvc(repo, "repro")
-    return repo
-
-
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory):
-    """`empty_store(db)` puts a new, empty sqlite MLflow store at `db` and returns its URI.
-
-    Making a store's tables runs all of MLflow's migrations (about 2 to 4 s); tests to which a new store
-    is incidental start from a copy of one made once. Tests of the first setup itself make their own."""
-    from mlflow import MlflowClient
-
-    template = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
-    MlflowClient(f"sqlite:///{template}").search_experiments()
-
-    def place(db: Path) -> str:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(template, db)
-        return f"sqlite:///{db}"
-
-    return place
-
-
-@pytest.fixture
-def own_reproduced_repo(reproduced_repo, tmp_path, empty_store) -> Path:
-    """A private copy of `reproduced_repo` (outputs, DVC cache, MLflow store and all), for tests that change it."""
-    repo = tmp_path / "repo"
-    shutil.copytree(reproduced_repo, repo, symlinks=True)
-    # The store's experiment points at the original's artifact folder; a private copy gets its own store.
-    shutil.rmtree(repo / "mlruns")
-    empty_store(repo / "mlruns" / "mlflow.db")
-    return repo
-
-
-@pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Path:
     """Finished outputs of generate, train and evaluate for the lesson's params, made in this process
     (shared: tests copy it before changing anything)."""
@@ -96,6 +47,20 @@ def workspace(tmp_path_factory) -> Path:
 def own_workspace(workspace, tmp_path) -> Path:
     """A private copy of `workspace`."""
     return Path(shutil.copytree(workspace, tmp_path / "ws"))
+
+
+@pytest.fixture
+def gate_dir(tmp_path, monkeypatch):
+    """A folder for the gate with params.yaml (default thresholds), the lesson's metrics.json and a stand-in
+    plot; no git repository, and no baseline set by the environment (CI sets GITHUB_BASE_REF on pull requests)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("GDPIPE_BASELINE", "GITHUB_BASE_REF", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"))
+    (tmp_path / "metrics.json").write_text(json.dumps(LESSON))
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "curves.png").write_bytes(b"\x89PNG\r\n\x1a\n stand-in")
+    return tmp_path
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
@@ -17,13 +16,14 @@ from ruamel.yaml import YAML
 
 from support import (
     OUTPUTS,
+    PROGRAMS,
     REPO,
-    TRAINING_STARTED_HOOK,
     VENV_BIN,
     child_env,
     dvc,
     make,
-    runs_in_store,
+    set_param,
+    sitecustomize,
     stages_run,
     wait_for,
 )
@@ -64,27 +64,19 @@ def test_second_repro_runs_nothing(reproduced_repo):
     assert stages_run(done.stdout) == set(), done.stdout
 
 
-def _set_param(repo: Path, section: str, key: str, value: object) -> None:
-    yaml = YAML()  # round-trip: keeps the comments of params.yaml
-    path = repo / "params.yaml"
-    document = yaml.load(path)
-    document[section][key] = value
-    yaml.dump(document, path)
-
-
 def test_repro_reruns_exactly_what_a_change_touches(own_reproduced_repo):
     repo = own_reproduced_repo
 
-    _set_param(repo, "train", "lr", 0.02)
+    set_param(repo, "train", "lr", 0.02)
     assert stages_run(dvc(repo, "repro").stdout) == {"train@numpy", "train@torch", "evaluate", "track"}
 
-    _set_param(repo, "evaluate", "x", 7.0)
+    set_param(repo, "evaluate", "x", 7.0)
     assert stages_run(dvc(repo, "repro").stdout) == {"evaluate", "track"}
     assert json.loads((repo / "metrics.json").read_text())["optimum"]["true_value"] == 14.0
 
     # A typo changes no key the trainings declare, but track depends on the whole train section:
     # it reruns, reads the whole file and stops `dvc repro` with one line.
-    _set_param(repo, "train", "learning_rate", 0.5)
+    set_param(repo, "train", "learning_rate", 0.5)
     done = dvc(repo, "repro", check=False)
     assert done.returncode != 0 and stages_run(done.stdout) == {"track"}
     assert (
@@ -101,7 +93,7 @@ def test_make_repro_stops_a_bad_params_file_before_dvc_touches_any_output(own_re
         path: path.read_bytes()
         for path in (repo / "data" / "dataset.npy", repo / "history" / "numpy.csv", repo / "metrics.json")
     }
-    _set_param(repo, "data", "sead", 1)
+    set_param(repo, "data", "sead", 1)
     done = make(repo, "repro")
     assert done.returncode == 2 and stages_run(done.stdout) == set()
     gdpipe_lines = [line for line in done.stderr.splitlines() if line.startswith("gdpipe")]
@@ -135,13 +127,9 @@ def test_each_stage_declares_every_package_module_it_runs(reproduced_repo, tmp_p
     cmd, deps = _dvc_stage_commands()[address]
     script, *args = shlex.split(cmd.split("${py}", 1)[1])
     report = tmp_path / "modules.txt"
-    probe = (
-        "import atexit, os, runpy, sys;"
-        "atexit.register(lambda: open(os.environ['MODULES_REPORT'], 'w').write(' '.join(sys.modules)));"
-        "script = sys.argv[1]; sys.argv = sys.argv[1:]; runpy.run_path(script, run_name='__main__')"
-    )
     env = child_env(PYTHONPATH="src", MODULES_REPORT=str(report))
-    subprocess.run([sys.executable, "-c", probe, script, *args], cwd=reproduced_repo, env=env, check=True)
+    probe = [sys.executable, PROGRAMS / "modules_report.py", script, *args]
+    subprocess.run(probe, cwd=reproduced_repo, env=env, check=True)
     modules = set(report.read_text().split())
     ran = {_source(name) for name in modules if name.startswith("gdpipe.")}
     assert script in deps
@@ -158,14 +146,6 @@ def _source(module: str) -> str:
     """src/gdpipe/... of a gdpipe module or package, as dvc.yaml names paths."""
     path = Path("src", *module.split("."))
     return str(path / "__init__.py") if (REPO / path).is_dir() else f"{path}.py"
-
-
-def test_the_package_root_runs_no_code():
-    """Every stage imports src/gdpipe/__init__.py, which no dep lists: it must stay a docstring, so no change to it can
-    change a result.
-    """
-    tree = ast.parse((REPO / "src" / "gdpipe" / "__init__.py").read_text())
-    assert len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant)
 
 
 def test_stages_use_the_project_venv_even_from_another_activated_venv(reproduced_repo, tmp_path):
@@ -196,13 +176,6 @@ def test_dvc_repro_without_the_venv_says_to_run_make_repro_first(own_reproduced_
     assert stages_run(done.stdout) == {"generate"}
 
 
-def test_nothing_phones_home():
-    dvc_config = (REPO / ".dvc" / "config").read_text()
-    assert "analytics = false" in dvc_config and "check_update = false" in dvc_config
-    assert "export MLFLOW_DISABLE_TELEMETRY := true" in (REPO / "Makefile").read_text()
-    assert '"MLFLOW_DISABLE_TELEMETRY": "true"' in (REPO / "src" / "gdpipe" / "track" / "__init__.py").read_text()
-
-
 # --- interrupted and forced reruns ---------------------------------------------------------
 
 
@@ -217,7 +190,7 @@ def test_ctrl_c_during_dvc_repro_leaves_no_partial_output_and_the_next_repro_giv
     same results.
     """
     repo = own_reproduced_repo
-    (repo / "src" / "sitecustomize.py").write_text(TRAINING_STARTED_HOOK)  # stage commands run with PYTHONPATH=src
+    sitecustomize(repo / "src", "training_started")  # stage commands run with PYTHONPATH=src
     params = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(params.replace("  epochs: 100\n", "  epochs: 3000000\n"))
     started = repo / "started"
@@ -264,175 +237,3 @@ def test_same_params_give_byte_identical_outputs_on_a_forced_rerun(reproduced_re
     assert stages_run(done.stdout) == {"generate", "train@numpy", "train@torch", "evaluate", "track"}
     assert hashes(repo) == hashes(reproduced_repo)
     assert hashes(repo, times) != first_times  # the times did change: they are not part of any hashed output
-
-
-# --- params.yaml edited while the pipeline runs --------------------------------------------------
-
-# A test hook, installed as sitecustomize (stage commands run with PYTHONPATH=src), in the numpy training only.
-# GDPIPE_TEST_PAUSE=<folder>: once training has started, touch <folder>/started and wait for <folder>/resume, so
-# the test edits params.yaml while the stage certainly runs. GDPIPE_TEST_EDIT_AT_EXIT=<old>|<new>: replace that text
-# of params.yaml as the process exits, after the stage's last check and before DVC reads the file for dvc.lock.
-PARAMS_EDIT_HOOK = """
-import atexit
-import os
-import sys
-import time
-from pathlib import Path
-
-if sys.argv[0].endswith("train.py") and "numpy" in sys.argv:
-    if os.environ.get("GDPIPE_TEST_PAUSE"):
-        import gdpipe.train
-
-        _train = gdpipe.train.train
-
-        def _paused_train(*args, **kwargs):
-            folder = Path(os.environ["GDPIPE_TEST_PAUSE"])
-            (folder / "started").touch()
-            while not (folder / "resume").exists():
-                time.sleep(0.02)
-            return _train(*args, **kwargs)
-
-        gdpipe.train.train = _paused_train
-    if os.environ.get("GDPIPE_TEST_EDIT_AT_EXIT"):
-        def _edit():
-            path = Path("params.yaml")
-            path.write_text(path.read_text().replace(*os.environ["GDPIPE_TEST_EDIT_AT_EXIT"].split("|")))
-
-        atexit.register(_edit)
-"""
-
-
-def _assert_published_as_trained(repo: Path, lr: float, other_lr: float) -> None:
-    """Both MLflow runs of the current result say train.lr = `lr`, and their w is the one training with `lr` gives
-    (computed here, in this process), which training with `other_lr` does not."""
-    from mlflow import MlflowClient
-
-    from gdpipe.core import config
-    from gdpipe.core.artifacts import Dataset
-    from gdpipe.train import train
-
-    params = config.load(repo / "params.yaml")
-    assert params.train.lr == lr
-    dataset = Dataset.load(repo / "data" / "dataset.npy")
-    client = MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
-    runs = {run["run_id"]: variant for variant, run in json.loads((repo / "runs.json").read_text()).items()}
-    for run_id, variant in runs.items():
-        w = train(variant, dataset, params.train).w[-1]
-        other = params.train.model_copy(update={"lr": other_lr})
-        assert train(variant, dataset, other).w[-1] != w  # the test can tell the two trainings apart
-        run = client.get_run(run_id)
-        assert run.data.params["train.lr"] == str(lr) and run.data.tags["variant"] == variant
-        assert max(client.get_metric_history(run_id, "w"), key=lambda point: point.step).value == w
-        model = json.loads((repo / "models" / f"{variant}.json").read_text())
-        assert model["w"] == w and model["trained_with"]["train.lr"] == lr
-    assert sorted(runs.values()) == ["numpy", "torch"]
-    assert dvc(repo, "status").stdout.strip() == "Data and pipelines are up to date."
-
-
-def test_params_edited_while_training_stop_dvc_repro_and_the_next_repro_trains_with_the_new_ones(
-    own_reproduced_repo, tmp_path, reaper
-):
-    """A `git pull` or an editor's save while train@numpy runs: that stage fails in one line, DVC records nothing
-    for it, nothing is published under either lr; the next `dvc repro` trains with the new lr and publishes it."""
-    repo = own_reproduced_repo
-    (repo / "src" / "sitecustomize.py").write_text(PARAMS_EDIT_HOOK)
-    _set_param(repo, "train", "lr", 0.001)
-    process = subprocess.Popen(
-        [str(VENV_BIN / "dvc"), "repro"],
-        cwd=repo,
-        env=child_env(GDPIPE_TEST_PAUSE=str(tmp_path)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    reaper(process)
-    wait_for((tmp_path / "started").exists, process, what="the numpy training started")
-    _set_param(repo, "train", "lr", 0.002)
-    (tmp_path / "resume").touch()
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode != 0 and "Traceback" not in stdout + stderr
-    line = (
-        "gdpipe: error: params.yaml changed while this stage ran (train.lr 0.001 -> 0.002): its outputs were made "
-        "with the old values, so DVC records nothing for it; run make repro again\n"
-    )
-    assert stderr.count(line) == 1, stderr
-    assert "track" not in stages_run(stdout) and runs_in_store(repo / "mlruns" / "mlflow.db") == []
-    (repo / "src" / "sitecustomize.py").unlink()
-    done = dvc(repo, "repro")
-    assert {"train@numpy", "train@torch", "evaluate", "track"} <= stages_run(done.stdout)
-    _assert_published_as_trained(repo, 0.002, other_lr=0.001)
-
-
-def test_params_edited_as_a_training_ends_are_never_published_with_its_model(own_reproduced_repo):
-    """The edit lands after train@numpy's last check, before DVC reads params.yaml: dvc.lock and DVC's run cache
-    then hold lr 0.002 beside a model trained with 0.001, and a plain `dvc repro` restores that model. The model
-    records its own params: track refuses it, every time, in one line that says how to train it again."""
-    repo = own_reproduced_repo
-    (repo / "src" / "sitecustomize.py").write_text(PARAMS_EDIT_HOOK)
-    _set_param(repo, "train", "lr", 0.001)
-    assert "  lr: 0.001 " in (repo / "params.yaml").read_text()
-    done = dvc(repo, "repro", check=False, env=child_env(GDPIPE_TEST_EDIT_AT_EXIT="  lr: 0.001 |  lr: 0.002 "))
-    (repo / "src" / "sitecustomize.py").unlink()
-    line = (
-        "gdpipe: error: models/numpy.json was trained with other params than params.yaml gives (train.lr 0.001 -> "
-        "0.002): params.yaml changed as the train@numpy stage ended, after its last check; nothing was published: "
-        "train it again with '.venv/bin/dvc repro --force --single-item train@numpy', then run make repro\n"
-    )
-    assert done.returncode != 0 and done.stderr.count(line) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "track" in stages_run(done.stdout) and runs_in_store(repo / "mlruns" / "mlflow.db") == []
-    # DVC restores the model it recorded under lr 0.002 (removing it changes nothing); track refuses it again.
-    (repo / "history" / "numpy.csv").unlink()
-    (repo / "models" / "numpy.json").unlink()
-    again = dvc(repo, "repro", check=False)
-    assert "train@numpy" not in stages_run(again.stdout) and again.stderr.count(line) == 1, again.stdout
-    assert runs_in_store(repo / "mlruns" / "mlflow.db") == []
-    # What the line says to do trains it again; then the result is published with the lr it was trained with.
-    assert stages_run(dvc(repo, "repro", "--force", "--single-item", "train@numpy").stdout) == {"train@numpy"}
-    dvc(repo, "repro")
-    _assert_published_as_trained(repo, 0.002, other_lr=0.001)
-
-
-def test_params_edited_after_an_earlier_stage_ran_are_never_published_with_its_outputs(
-    own_reproduced_repo, tmp_path, reaper
-):
-    """data.true_w edited while train@numpy runs: the training does not read it, evaluate and track read the new value,
-    but the data set was generated with the old one. track compares what dvc.lock recorded for each earlier stage,
-    publishes nothing, and the next `dvc repro` generates the data again and publishes it with its own params."""
-    from mlflow import MlflowClient
-
-    from gdpipe.core import config
-    from gdpipe.core.files import file_sha256
-    from gdpipe.data import generate
-
-    repo = own_reproduced_repo
-    (repo / "src" / "sitecustomize.py").write_text(PARAMS_EDIT_HOOK)
-    _set_param(repo, "train", "lr", 0.001)  # so that train@numpy runs
-    process = subprocess.Popen(
-        [str(VENV_BIN / "dvc"), "repro"],
-        cwd=repo,
-        env=child_env(GDPIPE_TEST_PAUSE=str(tmp_path)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    reaper(process)
-    wait_for((tmp_path / "started").exists, process, what="the numpy training started")
-    _set_param(repo, "data", "true_w", 3.0)
-    (tmp_path / "resume").touch()
-    stdout, stderr = process.communicate(timeout=300)
-    line = (
-        "gdpipe: error: params.yaml changed after the generate stage ran (data.true_w 2.0 -> 3.0): its outputs are not "
-        "of these params, so nothing was published; run make repro again\n"
-    )
-    assert process.returncode != 0 and stderr.count(line) == 1 and "Traceback" not in stderr, stderr
-    assert "track" in stages_run(stdout) and runs_in_store(repo / "mlruns" / "mlflow.db") == []
-    (repo / "src" / "sitecustomize.py").unlink()
-    assert "generate" in stages_run(dvc(repo, "repro").stdout)
-    params = config.load(repo / "params.yaml")
-    dataset = repo / "data" / "dataset.npy"
-    generate(params.data).save(tmp_path / "expected.npy")
-    assert (tmp_path / "expected.npy").read_bytes() == dataset.read_bytes()
-    client = MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
-    for run in json.loads((repo / "runs.json").read_text()).values():
-        published = client.get_run(run["run_id"]).data
-        assert published.params["data.true_w"] == "3.0" and published.tags["data.sha256"] == file_sha256(dataset)

@@ -17,6 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from support import (
+    PROGRAMS,
     assert_one_error_line,
     build_workspace,
     run_track,
@@ -121,40 +122,6 @@ def test_a_run_left_running_by_sigkill_while_publishing_is_marked_killed_by_the_
 
 # --- Concurrency -----------------------------------------------------------------------------
 
-PUBLISHER = """
-import json, sys, time
-from pathlib import Path
-from gdpipe.core import config
-from gdpipe.core.artifacts import Dataset
-from gdpipe.core.files import read_json
-from gdpipe.track import publish
-from gdpipe.track.record import build_record
-
-workspace, uri, go, lrs = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), [float(lr) for lr in sys.argv[4:]]
-params = config.load(workspace / "params.yaml")
-metrics = read_json(workspace / "metrics.json")
-dataset = Dataset.load(workspace / "data/dataset.npy")
-while not go.exists():  # both workers start publishing at the same moment, on a store that does not exist yet
-    time.sleep(0.005)
-def model_trained_with(variant, lr):  # the workspace's model, as if trained with lr (build_record checks it)
-    model = read_json(workspace / f"models/{variant}.json")
-    model["trained_with"]["train.lr"] = lr
-    path = Path(go.parent / f"{go.name}-{variant}-{lr}.json")
-    path.write_text(json.dumps(model))
-    return path
-
-for lr in lrs:
-    variant_params = params.model_copy(update={"train": params.train.model_copy(update={"lr": lr})})
-    records = [
-        build_record(variant_params, metrics, workspace / "data/dataset.npy", v, workspace / f"history/{v}.csv",
-                     model_trained_with(v, lr), workspace / "metrics.json", (workspace / "plots/curves.png",), {})
-        for v in ("numpy", "torch")
-    ]
-    published = publish.publish(records, dataset, "gradient-descent", "gdpipe", uri)
-    lines = {v: [run["run_id"], run["created"], run["model_version"]] for v, run in published.items()}
-    print(json.dumps(lines), flush=True)
-"""
-
 
 def test_parallel_publishers_on_one_fresh_store_lose_nothing_and_never_duplicate_a_result(workspace, tmp_path, reaper):
     """Two processes (like two `dvc exp` workers) publish 2 results of 2 runs each at once, one result in common."""
@@ -163,7 +130,7 @@ def test_parallel_publishers_on_one_fresh_store_lose_nothing_and_never_duplicate
     lrs = {"a": ["0.01", "0.011"], "b": ["0.01", "0.021"]}  # 0.01: the same result in both
     workers = {
         name: subprocess.Popen(
-            [sys.executable, "-c", PUBLISHER, str(workspace), uri, str(go), *values],
+            [sys.executable, PROGRAMS / "publisher.py", str(workspace), uri, str(go), *values],
             env=src_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

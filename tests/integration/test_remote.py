@@ -12,24 +12,19 @@ from pathlib import Path
 
 import pytest
 
+from remotes import clone, git, run_remote, set_remote, workspace_bytes
 from support import (
     CACHED,
     OUTPUTS,
-    REPO,
     assert_one_error_line,
-    clone,
     copy_repo,
     dvc,
     free_port,
-    git,
     load_default_params,
     make,
-    run_remote,
-    set_remote,
     src_env,
     stages_run,
     with_overrides,
-    workspace,
     write_yaml,
 )
 
@@ -121,11 +116,11 @@ def test_make_pull_then_make_repro_trains_nothing_and_restores_every_output_byte
 
     # An output changed here is never overwritten: the pull stops in one line and leaves it as it is.
     (fresh / "models" / "numpy.json").write_text('{"w": 3.0}\n')
-    before = workspace(fresh)
+    before = workspace_bytes(fresh)
     done = run_remote(fresh, "pull")
     assert done.returncode == 2, done.stdout + done.stderr
     assert_one_error_line(done.stderr, f"remote 'storage' ({storage})", "models/numpy.json", "--force")
-    assert workspace(fresh) == before
+    assert workspace_bytes(fresh) == before
 
 
 def test_dvc_repro_pull_on_a_fresh_clone_trains_nothing_and_leaves_git_clean(pushed):
@@ -176,11 +171,11 @@ def test_a_bad_local_remote_is_one_line_and_the_workspace_is_left_as_it_was(fres
     url = url.format(tmp=tmp_path)
     set_remote(fresh_copy, url)
     (fresh_copy / "data" / "dataset.npy").write_bytes(b"a data set made here, not the committed one")
-    before = workspace(fresh_copy)
+    before = workspace_bytes(fresh_copy)
     done = run_remote(fresh_copy, action)
     assert done.returncode == 2, done.stdout + done.stderr
     assert_one_error_line(done.stderr, f"remote 'mine' ({url})", message)
-    assert workspace(fresh_copy) == before
+    assert workspace_bytes(fresh_copy) == before
 
 
 def test_no_default_remote_is_one_line_that_says_how_to_add_one(tmp_path):
@@ -291,24 +286,8 @@ def test_a_bad_s3_remote_is_one_line_naming_it_and_the_workspace_is_left_as_it_w
         "unknown-key": {"AWS_ACCESS_KEY_ID": "AKIAUNKNOWN000000000", "AWS_SECRET_ACCESS_KEY": s3["secret"]},
         "no-credentials": {},
     }.get(case, {"AWS_ACCESS_KEY_ID": s3["id"], "AWS_SECRET_ACCESS_KEY": s3["secret"]})
-    before = workspace(fresh_copy)
+    before = workspace_bytes(fresh_copy)
     done = run_remote(fresh_copy, "pull", aws_env(**credentials))
     assert done.returncode == 2, done.stdout + done.stderr
     assert_one_error_line(done.stderr, f"remote 'mine' ({url}): ", message.format(port=port))
-    assert workspace(fresh_copy) == before
-
-
-def test_ci_pulls_and_pushes_on_pushes_only_and_comments_on_pull_requests_with_one_updated_comment():
-    from ruamel.yaml import YAML
-
-    jobs = YAML(typ="safe").load((REPO / ".github" / "workflows" / "ci.yml").read_text())["jobs"]
-    share = jobs["share"]
-    assert (share["if"], share["needs"]) == ("github.event_name == 'push'", "test-and-check")
-    runs = [step.get("run", "") for step in share["steps"]]
-    assert [index for index, run in enumerate(runs) if run.startswith("make ")] == [3, 4, 5]
-    assert runs[3].startswith("make pull") and runs[4] == "make check" and runs[5] == "make push"
-    assert ".venv/bin/dvc remote modify --local team verify true" in runs[2]  # make pull refuses one without
-    assert share["steps"][5]["if"].endswith("&& github.ref == 'refs/heads/main'")
-    comment = jobs["test-and-check"]["steps"][-1]
-    assert comment["run"].startswith("cml comment update --target=pr --publish --watermark-title=")
-    assert "!cancelled()" in comment["if"] and "pull_request" in comment["if"]  # also when the gate failed
+    assert workspace_bytes(fresh_copy) == before

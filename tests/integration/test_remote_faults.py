@@ -15,18 +15,17 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
+from remotes import clone, workspace_bytes
 from support import (
     CACHED,
     assert_one_error_line,
     child_env,
-    clone,
     dvc,
     load_default_params,
     make,
     stages_run,
     wait_for,
     with_overrides,
-    workspace,
     write_yaml,
 )
 
@@ -81,7 +80,7 @@ def test_a_corrupt_file_in_the_remote_stops_make_pull_before_it_checks_out_anyth
     storage = tmp_path / "gdpipe-storage"
     md5 = locked_md5(origin, "models/numpy.json")
     corrupt(storage, md5)
-    before = workspace(fresh)
+    before = workspace_bytes(fresh)
     done = make(fresh, "pull")
     assert done.returncode == 2, done.stdout + done.stderr
     # make adds its own "Error 2" line; gdpipe's is the first.
@@ -93,7 +92,7 @@ def test_a_corrupt_file_in_the_remote_stops_make_pull_before_it_checks_out_anyth
         f"{storage}/files/md5/{md5[:2]}/{md5[2:]}",
         "the workspace was left as it was",
     )
-    assert workspace(fresh) == before  # not one output checked out, also not the five good ones
+    assert workspace_bytes(fresh) == before  # not one output checked out, also not the five good ones
 
 
 def test_dvc_repro_pull_makes_an_output_whose_remote_copy_is_corrupt_anew_and_never_uses_it(origin, tmp_path):
@@ -113,23 +112,23 @@ def test_a_corrupt_file_in_the_cache_here_stops_make_pull_and_is_never_checked_o
     md5 = locked_md5(origin, "data/dataset.npy")
     copy = corrupt(fresh / ".dvc" / "cache", md5)
     (fresh / "data" / "dataset.npy").unlink()  # the next pull would check this one out again
-    before = workspace(fresh)
+    before = workspace_bytes(fresh)
     done = make(fresh, "pull")
     assert done.returncode == 2, done.stdout + done.stderr
     line = done.stderr.splitlines()[0] + "\n"
     assert_one_error_line(line, "data/dataset.npy", str(copy), "does not match its hash", "make pull again")
-    assert workspace(fresh) == before
+    assert workspace_bytes(fresh) == before
 
 
 def test_make_pull_refuses_a_remote_dvc_does_not_verify(origin, tmp_path):
     fresh = fresh_clone(origin, tmp_path)
     dvc(fresh, "remote", "modify", "--local", "storage", "verify", "false")
-    before = workspace(fresh)
+    before = workspace_bytes(fresh)
     done = make(fresh, "pull")
     assert done.returncode == 2, done.stdout + done.stderr
     line = done.stderr.splitlines()[0] + "\n"
     assert_one_error_line(line, "remote 'storage'", "`.venv/bin/dvc remote modify --local storage verify true`")
-    assert workspace(fresh) == before
+    assert workspace_bytes(fresh) == before
 
 
 # --- an interrupted transfer -----------------------------------------------------------------------

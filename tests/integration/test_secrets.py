@@ -3,7 +3,6 @@ needs no network."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -13,43 +12,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 from mlflow import MlflowClient
 
-from gdpipe.core import store_uri
-from gdpipe.track.store import redact
-from support import (
-    REPO,
-    assert_one_error_line,
-    files_under,
-    free_port,
-    run_track,
-    src_env,
-    track_here,
-)
-
-# A test hook, installed as sitecustomize: every attempt to reach the network is logged and refused.
-NO_NETWORK_HOOK = """
-import os
-import socket
-
-def _refuse(what):
-    with open(os.environ["GDPIPE_TEST_NETWORK_LOG"], "a") as log:
-        log.write(repr(what)[:300] + "\\n")
-    raise OSError("this test forbids network access")
-
-def _guard(method):
-    def guarded(self, address, *args):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            _refuse((method.__name__, address))
-        return method(self, address, *args)
-    return guarded
-
-for _name in ("connect", "connect_ex", "sendto"):
-    setattr(socket.socket, _name, _guard(getattr(socket.socket, _name)))
-socket.getaddrinfo = lambda *args, **kwargs: _refuse(("getaddrinfo", args))
-"""
+from support import REPO, assert_one_error_line, files_under, free_port, run_track, sitecustomize, src_env, track_here
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +24,7 @@ def guarded_track_run(workspace, tmp_path_factory):
     folder = root / "ws"
     shutil.copytree(workspace, folder)
     hook = root / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(NO_NETWORK_HOOK)
+    sitecustomize(hook, "no_network")
     planted = {
         key: f"planted-{key.lower()}-{uuid.uuid4().hex}"
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
@@ -151,53 +115,3 @@ def test_a_tracking_uri_that_cannot_be_parsed_is_one_line_without_its_password_b
         assert "s3cret" not in process.stderr and "alice" not in process.stderr, process.stderr
     assert "(credentials not shown)" in done.stderr
     assert not (own_workspace / "runs.json").exists() and not (own_workspace / "published.json").exists()
-
-
-@pytest.mark.parametrize(
-    ("uri", "redacted"),
-    [
-        ("http://alice:s3cret@127.0.0.1:50x2", "http://127.0.0.1:50x2"),
-        ("http://alice:s3cret@[::1:5002", "http://[::1:5002"),
-        ("http://alice:s3/cr#et@host:5002/path", "http://host:5002/path"),  # '/' and '#' not percent-encoded
-        ("postgresql://alice:p@ss@db.example.org/mlflow", "postgresql://db.example.org/mlflow"),
-        ("https://token@mlflow.example.org/", "https://mlflow.example.org/"),
-        ("sqlite:////tmp/a@b/mlflow.db", "sqlite:////tmp/a@b/mlflow.db"),  # no authority: an '@' in a path stays
-        ("databricks", "databricks"),
-    ],
-)
-def test_redaction_keeps_the_host_and_drops_the_credentials(uri, redacted):
-    assert redact(uri) == redacted
-
-
-TEXT = st.text(st.characters(codec="utf-8"), max_size=30)
-
-
-@settings(max_examples=500, deadline=None)
-@given(scheme=TEXT, user=TEXT, password=TEXT, rest=TEXT)
-def test_redaction_never_shows_the_password(scheme, user, password, rest):
-    """Any text before `://`, any user name and password (unencoded '/', '@', '#', ':' or '[' included), anything
-    after the `@`: the redacted URI never holds the password."""
-    secret = f"\N{SECTION SIGN}{password}"
-    assume("\N{SECTION SIGN}" not in scheme + user + rest)
-    assume(not user.startswith(("/", "?", "#")))  # then `://` opens no authority: a path (sqlite:////...), no user
-    assert secret not in redact(f"{scheme}://{user}:{secret}@{rest}")
-
-
-@settings(max_examples=500, deadline=None)
-@given(text=st.text(st.characters(codec="utf-8"), max_size=60) | st.from_regex(r"\A[a-z]+://[^@]*@.*\Z"))
-def test_redaction_and_the_check_never_crash_on_any_string(text):
-    redact(text)
-    store_uri.credentials(text)
-    with contextlib.suppress(ValueError):  # the check's one refusal: a ValueError with the line
-        store_uri.check(text)
-
-
-@settings(max_examples=300, deadline=None)
-@given(uri=TEXT.map(lambda rest: f"http://alice:\N{SECTION SIGN}pw@{rest}"))
-def test_the_line_for_any_unparsable_uri_holds_no_password(uri):
-    """What the config check prints for a URI it refuses: one line, never the password."""
-    try:
-        store_uri.check(uri)
-    except ValueError as err:
-        line = str(err)
-        assert "\N{SECTION SIGN}pw" not in line and "\n" not in line, line

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -24,10 +23,9 @@ import pytest
 import sqlalchemy.exc
 from mlflow import MlflowClient
 
-from gdpipe.core.command import InputError
-from gdpipe.track import store
 from support import (
     EVALUATE_ARGS,
+    PROGRAMS,
     assert_one_error_line,
     build_workspace,
     files_under,
@@ -220,18 +218,6 @@ def test_a_read_only_store_is_one_line_and_works_again_once_writable(workspace, 
     assert statuses(db) == ["FINISHED"] * 4
 
 
-# A second process that holds a sqlite file, as `make ui` reading a big run does: it runs the statements, says
-# "held", and keeps its transaction open until its stdin is closed.
-HOLD_STORE = """
-import sqlite3, sys
-connection = sqlite3.connect(sys.argv[1], isolation_level=None)
-for statement in sys.argv[2].split(";"):
-    connection.execute(statement).fetchall()
-print("held", flush=True)
-sys.stdin.read()
-"""
-
-
 @pytest.mark.parametrize(
     "statements",
     ["BEGIN; SELECT count(*) FROM runs", "BEGIN EXCLUSIVE"],
@@ -244,7 +230,7 @@ def test_a_store_held_by_another_process_is_one_line_naming_the_file_after_the_w
     to do; once the holder lets go, the same publish works."""
     db = tmp_path / "store" / "mlflow.db"
     empty_store(db)
-    command = [sys.executable, "-c", HOLD_STORE, str(db), statements]
+    command = [sys.executable, PROGRAMS / "hold_store.py", str(db), statements]
     holder = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     reaper(holder)
     assert holder.stdout.readline() == "held\n"
@@ -263,15 +249,3 @@ def test_a_store_held_by_another_process_is_one_line_naming_the_file_after_the_w
     done = run_track(own_workspace, env)
     assert done.returncode == 0, done.stderr
     assert statuses(db) == ["FINISHED", "FINISHED"]
-
-
-def test_a_lock_taken_after_the_wait_is_named_too_and_a_bad_wait_is_refused(monkeypatch, tmp_path):
-    """A reader that comes after the wait makes one of MLflow's calls fail after its own 20 s: the same words."""
-    db = tmp_path / "mlflow.db"
-    locked = sqlalchemy.exc.OperationalError("INSERT ...", {}, sqlite3.OperationalError("database is locked"))
-    said = store.explain(locked, f"sqlite:///{db}")
-    assert said.startswith(f"is locked by another process: the sqlite file {db} stayed locked longer than MLflow"), said
-    for setting in ("soon", "-1", "inf", "nan"):
-        monkeypatch.setenv("GDPIPE_STORE_WAIT", setting)
-        with pytest.raises(InputError, match=f"GDPIPE_STORE_WAIT='{setting}': must be seconds, 0 or more"):
-            store.store_wait()

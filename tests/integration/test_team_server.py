@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -23,23 +22,20 @@ import pytest
 import requests
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR  # the codes MlflowException takes
 from ruamel.yaml import YAML
 
 from gdpipe.track.publish import EXPERIMENT_KIND
-from gdpipe.track.store import RACE_TRIES, retried_if_raced
+from gdpipe.track.store import retried_if_raced
+from promotions import assert_one_champion_per_round, make_results
 from support import (
     REPO,
     VARIANTS,
-    assert_one_champion_per_round,
     assert_one_error_line,
     build_workspace,
     child_env,
     files_under,
     free_port,
     make,
-    make_results,
     publish_forked,
     run_track,
     src_env,
@@ -192,34 +188,6 @@ def test_promotions_at_once_on_the_server_leave_one_result_champion(team_server,
     client = team_server.client(monkeypatch)
     results = make_results(client, f"race-{uuid.uuid4().hex}", 3)
     assert_one_champion_per_round(client, results, rounds=10, promoters=2 if together else 3, together=together)
-
-
-@pytest.mark.parametrize(
-    ("failures", "message", "code", "calls"),
-    [
-        (2, 'duplicate key value violates unique constraint "dataset_pk"', BAD_REQUEST, 3),  # PostgreSQL
-        (1, "UNIQUE constraint failed: registered_model_aliases.name", BAD_REQUEST, 2),  # sqlite
-        (RACE_TRIES, 'duplicate key value violates unique constraint "dataset_pk"', BAD_REQUEST, RACE_TRIES),
-        (1, "Invalid value for parameter 'name'", BAD_REQUEST, 1),  # a bad request, not a race
-        (1, "unique constraint, but the server broke", INTERNAL_ERROR, 1),
-    ],
-    ids=["postgresql", "sqlite", "lost-every-time", "not-a-race", "not-bad-request"],
-)
-def test_only_a_call_that_lost_an_insert_race_is_made_again(failures, message, code, calls):
-    made = []
-
-    def call(value: str, *, twice: bool) -> str:
-        made.append((value, twice))
-        if len(made) <= failures:
-            raise MlflowException(message, error_code=code)
-        return value * 2 if twice else value
-
-    if calls > failures:
-        assert retried_if_raced(call, "ok", twice=True) == "okok"
-    else:
-        with pytest.raises(MlflowException, match=re.escape(message)):
-            retried_if_raced(call, "ok", twice=True)
-    assert made == [("ok", True)] * calls
 
 
 def kill_while_publishing(process: subprocess.Popen, client: MlflowClient, experiment: str, kill) -> str:

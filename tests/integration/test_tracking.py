@@ -15,7 +15,18 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from support import VENV_BIN, build_workspace, child_env, dvc, free_port, make, track_here, wait_for_server
+from support import (
+    VENV_BIN,
+    build_workspace,
+    child_env,
+    dvc,
+    free_port,
+    make,
+    run_track,
+    src_env,
+    track_here,
+    wait_for_server,
+)
 
 EPOCHS = 100
 
@@ -165,55 +176,30 @@ def test_pipeline_publishes_to_a_real_tracking_server(reproduced_repo, mlflow_se
     assert len(all_runs(store_uri(reproduced_repo))) == local_before  # nothing went to the local store
 
 
-def run_track_stage(repo: Path, uri: str, scratch: Path) -> tuple[subprocess.CompletedProcess, float]:
-    """The track stage as DVC would run it, with its own outputs written to `scratch`."""
+def timed_track(folder: Path, uri: str) -> tuple[subprocess.CompletedProcess, float]:
+    """The track stage as a child in `folder` (support.run_track), publishing to `uri`, and how long it took."""
     start = time.monotonic()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "stages/track.py",
-            "--data",
-            "data/dataset.npy",
-            "--histories",
-            "history/numpy.csv",
-            "history/torch.csv",
-            "--models",
-            "models/numpy.json",
-            "models/torch.json",
-            "--metrics",
-            "metrics.json",
-            "--plot",
-            "plots/curves.png",
-            "--published",
-            str(scratch / "published.json"),
-            "--runs",
-            str(scratch / "runs.json"),
-        ],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        env=child_env(PYTHONPATH="src", MLFLOW_TRACKING_URI=uri),
-    )
+    done = run_track(folder, src_env(MLFLOW_TRACKING_URI=uri))
     return done, time.monotonic() - start
 
 
-def test_refused_tracking_server_fails_fast_with_one_line(reproduced_repo, tmp_path):
+def test_refused_tracking_server_fails_fast_with_one_line(own_workspace):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    done, seconds = run_track_stage(reproduced_repo, uri, tmp_path)
+    done, seconds = timed_track(own_workspace, uri)
     assert done.returncode == 2 and seconds < 15
-    assert not (tmp_path / "published.json").exists() and not (tmp_path / "runs.json").exists()
+    assert not (own_workspace / "published.json").exists() and not (own_workspace / "runs.json").exists()
     assert (
         done.stderr.startswith(f"gdpipe: error: MLflow tracking store {uri} refused the connection: is the server")
         and done.stderr.count("\n") == 1
     ), done.stderr
 
 
-def test_silent_tracking_server_fails_within_about_ten_seconds(reproduced_repo, tmp_path):
+def test_silent_tracking_server_fails_within_about_ten_seconds(own_workspace):
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        done, seconds = run_track_stage(reproduced_repo, uri, tmp_path)
+        done, seconds = timed_track(own_workspace, uri)
     assert done.returncode == 2 and seconds < 14, (seconds, done.stderr)
     assert (
         done.stderr.startswith(f"gdpipe: error: MLflow tracking store {uri} did not answer")
@@ -289,14 +275,6 @@ def test_a_failure_midway_marks_the_run_failed_and_says_why(reproduced_repo, tmp
     assert published["numpy"]["created"] is True and published["numpy"]["abandoned_runs_killed"] == [abandoned]
     assert client.get_run(abandoned).info.status == "KILLED" and client.get_run(not_ours).info.status == "RUNNING"
     assert sorted(run.info.status for run in all_runs(uri)) == ["FAILED", "FINISHED", "KILLED", "RUNNING"]
-
-
-def test_credentials_in_the_uri_are_never_shown():
-    from gdpipe.track.where import redact
-
-    assert redact("https://alice:s3cret@mlflow.example.org:8443/") == "https://mlflow.example.org:8443/"
-    assert redact("http://alice:s3cret@[::1]:5000") == "http://[::1]:5000"
-    assert redact("sqlite:////work/repo/mlruns/mlflow.db") == "sqlite:////work/repo/mlruns/mlflow.db"
 
 
 def test_a_long_run_logs_a_bounded_spread_of_its_epochs_and_keeps_every_one_in_its_csv(tmp_path, empty_store):

@@ -15,7 +15,7 @@ from gdpipe import data
 from gdpipe.core import memory
 from gdpipe.core.artifacts import Dataset
 from gdpipe.core.command import InputError, run_main
-from support import REPO, assert_one_error_line, child_env, load_default_params, with_overrides, write_yaml
+from support import PROGRAMS, REPO, assert_one_error_line, child_env, load_default_params, with_overrides, write_yaml
 
 
 def test_uniform_layout_and_noise(params):
@@ -47,13 +47,8 @@ def _peak_rss_of_generate(tmp_path, n: int) -> int:
         tmp_path / f"p{n}.yaml",
         with_overrides(load_default_params(), {"data.n_samples": n, "data.noise_std": 1.0, "data.x_layout": "uniform"}),
     )
-    script = (
-        "import resource, sys;"
-        "sys.path.insert(0, 'stages'); import generate; generate.main(sys.argv[1:]);"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
-    )
     done = subprocess.run(
-        [sys.executable, "-c", script, "--params", str(params), "--out", str(tmp_path / f"d{n}.npy")],
+        [sys.executable, PROGRAMS / "generate_peak.py", "--params", str(params), "--out", str(tmp_path / f"d{n}.npy")],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -17,7 +17,7 @@ from hypothesis.extra.numpy import arrays
 from torch.nn.functional import mse_loss
 
 from gdpipe import linear
-from support import REPO
+from support import PROGRAMS, REPO
 
 finite32 = st.floats(min_value=-100, max_value=100, allow_nan=False, width=32)
 
@@ -115,17 +115,6 @@ def test_sums_over_the_data_are_float64_accurate_where_float32_accumulation_is_n
     assert abs(float32_running - exact["xy"]) > 1e-6 * scale["xy"]  # the size at which float32 visibly differs
 
 
-SUMS_SCRIPT = """
-import numpy as np
-from gdpipe import linear
-rng = np.random.default_rng(7)
-n = 3 * linear.CHUNK + 17
-x = rng.uniform(-1, 1, n).astype(np.float32)
-y = (2 * x + rng.normal(0, 0.3, n)).astype(np.float32)
-y_hat = linear.predict(np.float32(1.37), x)
-gradients = linear.mse_grad(x, y, y_hat), linear.lesson_grad(x, y, y_hat)
-print(*(float(v).hex() for v in (linear.mse(y_hat, y), *gradients, linear.dot64(x, y), linear.dot64(x, x))))
-"""
 # Other kernels than the one this machine picks: OpenBLAS's SSE3 baseline, NumPy without its AVX loops.
 NO_AVX = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR AVX2 FMA3"
 KERNELS = [{}, {"OPENBLAS_CORETYPE": "Prescott"}, {"NPY_DISABLE_CPU_FEATURES": NO_AVX}]
@@ -140,7 +129,7 @@ def test_sums_over_the_data_do_not_depend_on_the_kernel_the_machine_picks():
     for kernel in KERNELS:
         env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")}
         done = subprocess.run(
-            [sys.executable, "-c", SUMS_SCRIPT],
+            [sys.executable, PROGRAMS / "sums.py"],
             env=env | kernel | {"PYTHONPATH": str(REPO / "src")},
             capture_output=True,
             text=True,

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from gdpipe import venv
-from support import REPO
+from support import PROGRAMS
 
 IDENTITY_KEYS = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
 
@@ -87,9 +87,8 @@ def test_only_dvc_processes_get_an_identity(repo, monkeypatch, argv0, supplied):
 def test_experiments_dvc_cannot_run_in_a_non_ascii_folder_stop_in_one_line(tmp_path, args, refused):
     folder = tmp_path / "é"
     folder.mkdir()
-    program = f"import sys; sys.path.insert(0, {str(REPO / 'src')!r}); from gdpipe import venv; "
-    program += f"venv.refuse_experiments_dvc_cannot_run({args!r}, {str(folder)!r}); print('went on')"
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    program = [sys.executable, PROGRAMS / "refuse_experiments.py", folder, *args]
+    done = subprocess.run(program, capture_output=True, text=True)
     if refused:
         assert (done.returncode, done.stdout) == (2, "")
         assert done.stderr.startswith("gdpipe: error: DVC cannot run temporary or queued experiments in a folder")
@@ -104,9 +103,8 @@ def test_a_non_ascii_value_in_git_config_stops_a_temporary_experiment_in_one_lin
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     subprocess.run(["git", "-C", str(tmp_path), "remote", "add", "origin", "/srv/é/gdpipe"], check=True)
     (tmp_path / "sub").mkdir()
-    program = f"import sys; sys.path.insert(0, {str(REPO / 'src')!r}); from gdpipe import venv; "
-    program += f"venv.refuse_experiments_dvc_cannot_run(['exp', 'run', '--temp'], {str(tmp_path / 'sub')!r})"
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    program = [sys.executable, PROGRAMS / "refuse_experiments.py", tmp_path / "sub", "exp", "run", "--temp"]
+    done = subprocess.run(program, capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "the repository's .git/config holds a value that is not ASCII" in done.stderr
     subprocess.run(["git", "-C", str(tmp_path), "remote", "set-url", "origin", "/srv/e/gdpipe"], check=True)

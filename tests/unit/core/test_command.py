@@ -13,10 +13,11 @@ import pytest
 
 from gdpipe.core.command import InputError, run_main, signals_held
 from support import (
+    PROGRAMS,
     REPO,
     TRAIN_ARGS,
-    TRAINING_STARTED_HOOK,
     load_default_params,
+    sitecustomize,
     src_env,
     wait_for,
     with_overrides,
@@ -29,8 +30,7 @@ def test_sigint_sigterm_and_sigkill_during_training_keep_the_previous_outputs(wo
     temporary file.
     """
     hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(TRAINING_STARTED_HOOK)
+    sitecustomize(hook, "training_started")
     cases = {
         "SIGINT": ("numpy", signal.SIGINT, 130),
         "SIGTERM": ("torch", signal.SIGTERM, 143),
@@ -68,28 +68,6 @@ def test_sigint_sigterm_and_sigkill_during_training_keep_the_previous_outputs(wo
         assert not [path.name for path in folder.rglob("*") if path.name.endswith(".tmp")], name
 
 
-DROPPED_SIGNAL = """
-import signal, sys, time, weakref
-from gdpipe.core.command import run_main
-
-class Thing:
-    pass
-
-def main(argv):
-    def finalizer():
-        signal.raise_signal(signal.SIGINT if argv[0] == "SIGINT" else signal.SIGTERM)
-        sum(range(1000))  # the handler runs here, inside the finalizer, where Python drops exceptions
-    thing = Thing()
-    weakref.finalize(thing, finalizer)
-    del thing
-    if argv[1] == "then sleeps":
-        time.sleep(10)
-        print("went on as if never interrupted")
-
-sys.exit(run_main(main, sys.argv[1:], exiting=True))
-"""
-
-
 @pytest.mark.parametrize("then", ["then sleeps", "then returns"])
 @pytest.mark.parametrize(("name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_signal_that_arrives_in_a_finalizer_still_stops_the_command(name, code, then):
@@ -97,7 +75,11 @@ def test_a_signal_that_arrives_in_a_finalizer_still_stops_the_command(name, code
     delivers it again, also when the finalizer was main's last act.
     """
     done = subprocess.run(
-        [sys.executable, "-c", DROPPED_SIGNAL, name, then], env=src_env(), capture_output=True, text=True, timeout=30
+        [sys.executable, PROGRAMS / "dropped_signal.py", name, then],
+        env=src_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert (done.returncode, done.stdout) == (code, ""), done.stderr
     stopped = "interrupted" if name == "SIGINT" else "terminated"
@@ -164,26 +146,9 @@ def test_a_stop_inside_signals_held_waits_for_the_end_of_the_block(capsys):
     assert capsys.readouterr().err == "gdpipe: terminated (SIGTERM); no output was half-written\n"
 
 
-CYCLES = """
-from pathlib import Path
-from gdpipe.core.command import run_command
-
-class Node:
-    def __init__(self):
-        self.me, self.payload = self, bytearray(1000)  # a reference cycle of about 1 KB
-
-def main(argv):
-    for _ in range(300_000):  # 300 MB if no cycle were ever freed
-        Node()
-    # The current size (ru_maxrss would carry over the forking parent's peak).
-    status = Path("/proc/self/status").read_text().splitlines()
-    print(next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:")))
-
-run_command(main)
-"""
-
-
 def test_a_command_frees_reference_cycles_as_it_goes():
     """The collector runs while a command runs: a cycle made per epoch costs bounded memory, not its count."""
-    done = subprocess.run([sys.executable, "-c", CYCLES], env=src_env(), capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, PROGRAMS / "cycles.py"], env=src_env(), capture_output=True, text=True, check=True
+    )
     assert int(done.stdout) < 150 * 2**20, f"{int(done.stdout) / 2**20:.0f} MiB resident"

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from gdpipe.core.files import atomic_write, write_json
-from support import REPO, files_under, src_env
+from support import PROGRAMS, REPO, files_under, src_env
 
 
 def test_a_failed_or_interrupted_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
@@ -24,22 +24,11 @@ def test_a_failed_or_interrupted_write_keeps_the_old_file_and_removes_the_tempor
         assert target.read_text() == "old\n" and files_under(tmp_path) == [target]
 
 
-KILLED_WRITER = """
-import sys, time
-from gdpipe.core.files import atomic_write
-with atomic_write(sys.argv[1]) as handle:
-    handle.write("new, half of it")
-    handle.flush()
-    print("writing", flush=True)
-    time.sleep(60)
-"""
-
-
 def test_a_writer_killed_mid_write_leaves_the_old_file_and_the_next_write_removes_its_leftover(tmp_path):
     target = tmp_path / "metrics.json"
     target.write_text("old\n")
     writer = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True, env=src_env()
+        [sys.executable, PROGRAMS / "killed_writer.py", str(target)], stdout=subprocess.PIPE, text=True, env=src_env()
     )
     assert writer.stdout.readline() == "writing\n"
     writer.send_signal(signal.SIGKILL)

@@ -1,0 +1,22 @@
+"""The package as a whole: its root runs no code, and nothing it starts phones home."""
+
+from __future__ import annotations
+
+import ast
+
+from support import REPO
+
+
+def test_the_package_root_runs_no_code():
+    """Every stage imports src/gdpipe/__init__.py, which no dep lists: it must stay a docstring, so no change to it can
+    change a result.
+    """
+    tree = ast.parse((REPO / "src" / "gdpipe" / "__init__.py").read_text())
+    assert len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant)
+
+
+def test_nothing_phones_home():
+    dvc_config = (REPO / ".dvc" / "config").read_text()
+    assert "analytics = false" in dvc_config and "check_update = false" in dvc_config
+    assert "export MLFLOW_DISABLE_TELEMETRY := true" in (REPO / "Makefile").read_text()
+    assert '"MLFLOW_DISABLE_TELEMETRY": "true"' in (REPO / "src" / "gdpipe" / "track" / "__init__.py").read_text()
