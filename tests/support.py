@@ -1,6 +1,8 @@
-"""Plain helpers (no pytest) shared by the tests, through conftest.py, and by `make bench`:
-throwaway copies of the repository, params files with overrides, child processes and their
-environments, the stages run in this process, and a look into a sqlite MLflow store.
+"""Plain helpers (no pytest) shared by the tests, through conftest.py, and by `make bench`: throwaway
+copies of the repository, params files with overrides, child processes and their environments, the
+stages run in this process, the track stage in this process or as a child, a look into a sqlite MLflow
+store, and the lesson's metrics for the gate. Racing promotions: promotions.py; DVC remotes: remotes.py;
+programs the tests run as children: programs/.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,40 +199,6 @@ def served(repo: Path, target: str, port_setting: str) -> Iterator[str]:
         server.wait(timeout=30)
 
 
-def run_track(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """The track stage as a child process in `folder` (a finished workspace), its output captured."""
-    command = [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS]
-    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
-
-
-def start_track(folder: Path, env: dict[str, str]) -> subprocess.Popen:
-    """The same, started: its stdout and stderr are pipes, to read with communicate()."""
-    command = [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS]
-    return subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def publish_forked(folders: list[Path], env: dict[str, str]) -> list[tuple[int, str, str]]:
-    """The track stage in every folder at the same moment, each a process forked from one that imported it
-    (tests/publishers.py): (exit code, stdout, stderr) of each."""
-    with tempfile.TemporaryDirectory() as outputs:
-        command = [sys.executable, str(REPO / "tests" / "publishers.py"), outputs, *map(str, folders)]
-        # A session of its own: if it hangs, its publishers go with it.
-        with subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-        ) as launcher:
-            try:
-                stdout, stderr = launcher.communicate(timeout=300)
-            except subprocess.TimeoutExpired:
-                os.killpg(launcher.pid, signal.SIGKILL)
-                raise
-        if launcher.returncode != 0:
-            raise RuntimeError(f"tests/publishers.py failed: {stderr[-3000:]}")
-        return [
-            (code, *(Path(outputs, f"{index}.{suffix}").read_text() for suffix in ("out", "err")))
-            for index, code in enumerate(json.loads(stdout))
-        ]
-
-
 def sitecustomize(folder: Path, hook: str) -> Path:
     """tests/programs/<hook>.py as `folder`/sitecustomize.py: a Python with `folder` on its path runs it at start."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -258,14 +225,6 @@ def run_stage(main, argv: list[str]) -> tuple[int, str]:
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = run_main(main, argv)
     return code, err.getvalue()
-
-
-def track_here(folder: Path, uri: str) -> tuple[int, str]:
-    """The track stage run in this process in `folder` (a finished workspace), publishing to `uri`: its exit
-    code and stderr, without a child's two seconds of importing MLflow. What a whole process prints, start-up
-    included, or how it dies, is tested on a child (run_track)."""
-    with mock.patch.dict(os.environ, MLFLOW_TRACKING_URI=uri), contextlib.chdir(folder):
-        return run_stage(stage("track").main, TRACK_ARGS)
 
 
 def assert_one_error_line(stderr: str, *names: str) -> None:
@@ -330,6 +289,33 @@ def build_workspace(folder: Path, overrides: dict | None = None) -> Path:
             code, stderr = run_stage(main, argv)
             assert code == 0, stderr
     return folder
+
+
+# --- the track stage: in this process, or as a child ------------------------------------------------
+# In this process (track_here) where a test looks at what it publishes: no child's two seconds of importing
+# MLflow. As a child (start_track, run_track) where a test looks at what a whole process prints, start-up
+# included, or stops it, or runs many at once.
+
+
+def track_here(folder: Path, uri: str) -> tuple[int, str]:
+    """The track stage run in this process in `folder` (a finished workspace), publishing to `uri`: its exit
+    code and stderr."""
+    with mock.patch.dict(os.environ, MLFLOW_TRACKING_URI=uri), contextlib.chdir(folder):
+        return run_stage(stage("track").main, TRACK_ARGS)
+
+
+def start_track(folder: Path, env: dict[str, str]) -> subprocess.Popen:
+    """The track stage started as a child process in `folder` (a finished workspace), with `env`: its stdout and
+    stderr are pipes, to read with communicate()."""
+    command = [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS]
+    return subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_track(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The same, run to its end: its exit code and output."""
+    process = start_track(folder, env)
+    stdout, stderr = process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 # --- a sqlite MLflow store, read directly ------------------------------------------------------

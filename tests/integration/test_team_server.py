@@ -1,7 +1,7 @@
 """Team mode for real: `make server`'s MLflow server on PostgreSQL, with basic auth, and many publishers at once.
 
-One server, started and stopped by make as a user would: a session fixture, whose tests `make test` runs
-on one worker (conftest.SHARED_FIXTURES). Each test publishes into an experiment and registered models of its own.
+One server for this file, started and stopped by make as a user would (`make test` runs a file's tests on one
+worker). Each test publishes into an experiment and registered models of its own.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from support import (
     files_under,
     free_port,
     make,
-    publish_forked,
     run_track,
     src_env,
     stages_run,
@@ -68,7 +67,7 @@ class TeamServer:
         return MlflowClient(self.url)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def team_server():
     # Not under pytest's tmp folder: when we are root, PostgreSQL runs as the user postgres, which must be
     # able to reach its folder, and pytest makes its folders for root alone.
@@ -88,7 +87,7 @@ def team_server():
         shutil.rmtree(root)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def result(tmp_path_factory) -> Path:
     """A finished workspace (generate, train, evaluate): the result that publishers publish."""
     return build_workspace(tmp_path_factory.mktemp("team") / "ws")
@@ -105,6 +104,20 @@ def publishers(workspace: Path, root: Path, count: int, experiment: str) -> list
     return folders
 
 
+def publish_at_once(folders: list[Path], env: dict[str, str]) -> list[tuple[int, str, str]]:
+    """The track stage in every folder, all started at once, each a process of its own: (exit code, stdout,
+    stderr) of each."""
+    processes = [start_track(folder, env) for folder in folders]
+    try:
+        outputs = [process.communicate(timeout=300) for process in processes]
+    finally:  # one that hangs: none is left running
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return [(process.returncode, *output) for process, output in zip(processes, outputs, strict=True)]
+
+
 def runs_of(client: MlflowClient, experiment: str) -> list:
     found = client.get_experiment_by_name(experiment)
     return client.search_runs([found.experiment_id], max_results=1000) if found else []
@@ -114,7 +127,7 @@ def test_eight_publishers_of_one_result_make_one_run_per_variant(team_server, re
     """At the same moment on a fresh experiment (its creation races too): all succeed, one run and one
     model version per variant, and every publisher's runs.json names them."""
     folders = publishers(result, tmp_path, 8, "one-result")
-    finished = publish_forked(folders, team_server.env())
+    finished = publish_at_once(folders, team_server.env())
     assert [code for code, _, _ in finished] == [0] * 8, [err for _, _, err in finished]
     client = team_server.client(monkeypatch)
     runs = runs_of(client, "one-result")
@@ -138,7 +151,7 @@ def test_eight_publishers_of_different_results_make_eight_runs_per_variant(team_
     for index in range(8):
         result = build_workspace(tmp_path / f"result-{index}", {"train.epochs": 20 + index})
         folders += publishers(result, tmp_path / f"clone-{index}", 1, "many-results")
-    finished = publish_forked(folders, team_server.env())
+    finished = publish_at_once(folders, team_server.env())
     assert [code for code, _, _ in finished] == [0] * 8, [err for _, _, err in finished]
     runs = runs_of(team_server.client(monkeypatch), "many-results")
     assert len(runs) == 16 and {run.info.status for run in runs} == {"FINISHED"}
