@@ -18,7 +18,7 @@ from support import REPO, VENV_BIN, copy_repo, make, served, stages_run
 
 def test_the_mlflow_ui_listens_on_localhost_unless_the_user_asks_otherwise():
     """`make ui` binds 127.0.0.1; UI_HOST=0.0.0.0 is the user's explicit choice. The only other servers gdpipe
-    starts are make server's (track/server.py, on 127.0.0.1 too: tests/test_team_server.py) and make serve's
+    starts are make server's (track/server.py, on 127.0.0.1 too: test_team_server.py) and make serve's
     (track/registry.py, whose --host, which the Makefile does not set, is 127.0.0.1 by default)."""
 
     def ui_command(*overrides: str) -> str:

@@ -197,7 +197,7 @@ def race_to_insert(client: MlflowClient, experiment_id: str, model: str, count: 
 
 @pytest.mark.parametrize("together", [True, False], ids=["first-writes-together", "started-at-once"])
 def test_promotions_at_once_on_the_server_leave_one_result_champion(team_server, monkeypatch, together):
-    """As on sqlite (tests/test_registry.py), through the server's REST API on PostgreSQL."""
+    """As on sqlite (test_registry.py), through the server's REST API on PostgreSQL."""
     client = team_server.client(monkeypatch)
     results = make_results(client, f"race-{uuid.uuid4().hex}", 3)
     assert_one_champion_per_round(client, results, rounds=10, promoters=2 if together else 3, together=together)

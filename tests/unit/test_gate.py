@@ -185,7 +185,7 @@ def test_a_relative_bound_with_no_baseline_value_passes_but_says_so_and_a_diverg
     ]
 
 
-# --- the comparison with a baseline (the git side: test_gate_command.py) -------------------------
+# --- the comparison with a baseline (the git side: tests/integration/test_gate_baseline.py) -------
 
 
 def test_the_summary_counts_a_metric_on_one_side_only_as_changed_and_each_param_that_differs():

@@ -1,6 +1,6 @@
 """The request guard in front of MLflow's scoring app, in-process: 413 before the body is read, 400 for
 a body that is not JSON, short error answers that never repeat the request, and successes untouched.
-The real `make serve` behind it: tests/test_registry.py."""
+The real `make serve` behind it: tests/integration/test_promoted.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """What every Python of the venv does at start (gdpipe.venv, installed by make as a .pth line): the tools
-on PATH (tests/test_makefile.py), and a git identity for DVC's experiment commits only when git has none."""
+on PATH (tests/integration/test_makefile.py), and a git identity for DVC's experiment commits only when git has none."""
 
 from __future__ import annotations
 
