@@ -66,16 +66,15 @@ repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 	PYTHONPATH=src $(BIN)/python -m gdpipe.summary metrics.json
 	@$(WHERE) show --ui http://127.0.0.1:$(UI_PORT)
 
-# Two workers: most of the suite waits on real dvc, MLflow and server processes. loadfile keeps each
-# test file on one worker, so a costly fixture shared by one file's tests (the team server, a promoted
-# or pushed copy of the project) is made once. The unit tier first: a broken function fails in seconds.
-PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
-
+# Two workers. The unit tier first: a broken function fails in seconds. Most of the integration tier
+# waits on real dvc, MLflow and server processes; --dist loadfile keeps each of its files on one worker,
+# so a costly fixture shared by one file's tests (the team server, a promoted or pushed copy of the
+# project) is made once. The unit tier has none, and balances best test by test.
 test: test-unit  ## run the tests: the unit tier (tests/unit), then the integration tier (tests/integration)
-	$(PYTEST) tests/integration
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests/integration
 
 test-unit: $(STAMP)  ## the unit tier alone: in-process tests of src/gdpipe, in about 30 s
-	$(PYTEST) tests/unit
+	$(BIN)/python -m pytest -n 2 tests/unit
 
 # actionlint checks every file in .github/workflows, without shellcheck and pyflakes: those run only
 # where they happen to be on PATH, and lint passes or fails alike on every machine.
