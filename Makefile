@@ -33,7 +33,7 @@ BENCH_OUT ?= bench/latest.json
 # written). A copy of the module, not an import of gdpipe: worktrees of other commits share this venv.
 VENV_START := import gdpipe_venv_start; gdpipe_venv_start.start()
 
-.PHONY: help repro test test-unit lint check promote serve server server-stop push pull bench ui sweep clean venv pipeline
+.PHONY: help repro test test-unit lint check promote reproduce serve server server-stop push pull bench ui sweep clean venv pipeline
 
 help:  ## list these targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/' | expand -t 13
@@ -87,7 +87,7 @@ lint: $(STAMP)  ## ruff: lint and format check (make lint FIX=1 fixes what it ca
 GATE := PYTHONPATH=src $(BIN)/python -m gdpipe.gate --params params.yaml --metrics metrics.json \
 	--plot plots/curves.png --report reports/check.md
 REGISTRY := PYTHONPATH=src $(BIN)/python -m gdpipe.track.registry
-TEAM_SERVER := PYTHONPATH=src $(BIN)/python -m gdpipe.track.server
+TEAM_SERVER := PYTHONPATH=src $(BIN)/python -m gdpipe.team_server
 
 check: pipeline  ## run the pipeline, then the quality gate (fails when a metric misses its bar)
 	$(GATE)
@@ -96,6 +96,13 @@ check: pipeline  ## run the pipeline, then the quality gate (fails when a metric
 promote: pipeline  ## the pipeline and the gate; if every check passes, champion -> this result's models
 	$(GATE) || test $$? -eq 1
 	$(REGISTRY) promote --runs runs.json --published published.json --verdict reports/check.json --metrics metrics.json
+
+# A registered model rebuilt from its lineage in a temporary git worktree, from nothing (no DVC cache, no
+# run-cache, no remote), and compared bit for bit (src/gdpipe/track/reproduce.py, docs/reproduce.md). MODEL:
+# name@alias or name/version, from the environment (quoted as given). The store is MLFLOW_TRACKING_URI's, the
+# project's own by default; this workspace is only read, and Python writes no bytecode into it.
+reproduce: $(STAMP)  ## rebuild a registered model from its lineage and compare (MODEL=gdpipe-torch@champion)
+	PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=src $(BIN)/python -m gdpipe.track.reproduce "$$MODEL"
 
 # A larger request body than SERVE_MAX_BYTES (4 MB: the model's 100,000 inputs per request, written out
 # in full) gets 413 before it is read; errors are short and never repeat the request

@@ -19,7 +19,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def run(quick: bool, work: Path) -> dict:
-    """Every stage command with gdpipe's collector setting (on, run_command's threshold) / with it off.
+    """Every stage command with gdpipe's collector settings (on; the track stage's threshold) / with it off.
 
     Off is what gdpipe did before: gc.disable() for every command, training included.
     """

@@ -1,8 +1,5 @@
 """What the benchmarks share: this checkout's code on the path, the median-of-ratios summary, progress
 lines on stderr, params files with overrides, timed commands, and empty MLflow stores to copy.
-
-Importing it first also imports gdpipe.track, which gives MLflow gdpipe's settings (quiet logs among
-them) before any benchmark imports mlflow.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ from pathlib import Path
 # This checkout's code and test helpers, whatever the venv's editable install points at.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-import gdpipe.track  # noqa: F401  (before any mlflow import: gdpipe's MLflow settings)
 from support import REPO, VENV_BIN, child_env, copy_repo, load_default_params, with_overrides, write_yaml
 
 SRC = REPO / "src"

@@ -80,16 +80,12 @@ def _epochs_runner(variant: str, dataset, epochs: int):
     if variant in ("numpy", "torch"):
         from gdpipe import train
         from gdpipe.core import config
+        from support import load_default_params, with_overrides
 
-        params = config.TrainParams(
-            lr=lr,
-            epochs=epochs,
-            w_init=0.0,
-            log_every=1,
-            numpy=config.NumpyParams(gradient="mean"),
-            torch=config.TorchParams(device="cpu"),
-        )
-        train.stepper_class(variant, dataset.x.nbytes)  # imports torch, as the train stage does before its clock starts
+        # The repository's train section (one process on the CPU, the mean gradient), this lr and these epochs.
+        document = with_overrides(load_default_params(), {"train.lr": lr, "train.epochs": epochs, "train.w_init": 0.0})
+        params = config.Params.model_validate(document).train
+        train.stepper_class(variant)  # imports torch, as the train stage does before its clock starts
         return lambda: train.train(variant, dataset, params)
     if variant == "tutorial-numpy":
         # The lesson's NumPy cell, with its gradient made the mean (its sum diverges at large N).

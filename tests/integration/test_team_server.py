@@ -24,8 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput
 from ruamel.yaml import YAML
 
-from gdpipe.track.publish import EXPERIMENT_KIND
-from gdpipe.track.store import retried_if_raced
+from gdpipe.track.store import EXPERIMENT_KIND, retried_if_raced
 from promotions import assert_one_champion_per_round, make_results
 from support import (
     REPO,

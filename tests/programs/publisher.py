@@ -5,6 +5,7 @@
 """
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,8 +13,12 @@ from pathlib import Path
 from gdpipe.core import config
 from gdpipe.core.artifacts import Dataset
 from gdpipe.core.files import read_json
-from gdpipe.track import publish
-from gdpipe.track.record import build_record
+from gdpipe.track import settings
+
+settings.apply()  # before mlflow is imported
+
+from gdpipe.track import publish  # noqa: E402
+from gdpipe.track.record import build_record  # noqa: E402
 
 workspace, uri, go, lrs = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), [float(lr) for lr in sys.argv[4:]]
 params = config.load(workspace / "params.yaml")
@@ -26,7 +31,9 @@ while not go.exists():  # both workers start publishing at the same moment, on a
 def model_trained_with(variant, lr):  # the workspace's model, as if trained with lr (build_record checks it)
     model = read_json(workspace / f"models/{variant}.json")
     model["trained_with"]["train.lr"] = lr
-    path = Path(go.parent / f"{go.name}-{variant}-{lr}.json")
+    # This worker's own file, as each `dvc exp` worker has its own copy of the workspace: a file both
+    # wrote could be read half-rewritten by the other and hashed as another result.
+    path = Path(go.parent / f"{go.name}-{os.getpid()}-{variant}-{lr}.json")
     path.write_text(json.dumps(model))
     return path
 

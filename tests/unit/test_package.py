@@ -19,4 +19,4 @@ def test_nothing_phones_home():
     dvc_config = (REPO / ".dvc" / "config").read_text()
     assert "analytics = false" in dvc_config and "check_update = false" in dvc_config
     assert "export MLFLOW_DISABLE_TELEMETRY := true" in (REPO / "Makefile").read_text()
-    assert '"MLFLOW_DISABLE_TELEMETRY": "true"' in (REPO / "src" / "gdpipe" / "track" / "__init__.py").read_text()
+    assert '"MLFLOW_DISABLE_TELEMETRY": "true"' in (REPO / "src" / "gdpipe" / "track" / "settings.py").read_text()

@@ -51,6 +51,32 @@ class Dataset:
                 handle.write(row.astype("<f4", copy=False).data)
 
     @classmethod
+    def open(cls, path: str | Path) -> Dataset:
+        """A data set written by `save`, memory-mapped: nothing is read until used, and then only the pages used
+        (`part`). InputError naming the file if it is missing or not two rows of float32; the numbers are checked
+        by `part`."""
+        path = Path(path)
+        try:
+            # Copy-on-write: torch takes the rows as they are (a read-only array it would warn about); nothing writes.
+            rows = np.lib.format.open_memmap(path, mode="c")
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file (run the generate stage: dvc repro)") from None
+        except (OSError, ValueError, EOFError) as err:
+            raise InputError(f"{path}: not a readable data set of float32 rows x and y ({err})") from None
+        _check_rows(path, rows)
+        x, y = rows
+        return cls(x=x, y=y)
+
+    def part(self, path: str | Path, start: int, stop: int) -> Dataset:
+        """Points [start, stop), checked finite (InputError naming `path`, the file they come from, if not)."""
+        x, y = self.x[start:stop], self.y[start:stop]
+        if not (_all_finite(x) and _all_finite(y)):
+            raise InputError(
+                f"{path}: x and y must be finite, found NaN or infinity (rerun the generate stage: dvc repro)"
+            )
+        return Dataset(x=x, y=y)
+
+    @classmethod
     def load(cls, path: str | Path) -> Dataset:
         """Read a data set written by `save`; InputError naming the file if it is missing or corrupt."""
         path = Path(path)
@@ -64,20 +90,19 @@ class Dataset:
             raise InputError(f"{path}: not enough memory to load it: {memory.describe(samples)}") from None
         except (OSError, ValueError, EOFError) as err:
             raise InputError(f"{path}: not a readable data set of float32 rows x and y ({err})") from None
-        two_rows = rows.ndim == 2 and rows.shape[0] == 2 and rows.size and rows.flags.c_contiguous
-        if rows.dtype != np.float32 or not two_rows:
-            raise InputError(
-                f"{path}: expected a non-empty float32 array of 2 rows (x and y) in C order, "
-                f"got {rows.dtype}{rows.shape}"
-            )
-        x, y = rows
-        if not (_all_finite(x) and _all_finite(y)):
-            raise InputError(
-                f"{path}: x and y must be finite, found NaN or infinity (rerun the generate stage: dvc repro)"
-            )
-        if not np.any(x):
+        _check_rows(path, rows)
+        data = cls(x=rows[0], y=rows[1]).part(path, 0, rows.shape[1])
+        if not np.any(data.x):
             raise InputError(f"{path}: every x is 0, so w cannot be fitted (rerun the generate stage: dvc repro)")
-        return cls(x=x, y=y)
+        return data
+
+
+def _check_rows(path: Path, rows: np.ndarray) -> None:
+    two_rows = rows.ndim == 2 and rows.shape[0] == 2 and rows.size and rows.flags.c_contiguous
+    if rows.dtype != np.float32 or not two_rows:
+        raise InputError(
+            f"{path}: expected a non-empty float32 array of 2 rows (x and y) in C order, got {rows.dtype}{rows.shape}"
+        )
 
 
 def npy_header(n: int) -> bytes:
@@ -173,11 +198,16 @@ def timing_path(history_path: str | Path) -> Path:
     return Path(history_path).with_suffix(".timing.json")
 
 
-def write_timing(history_path: str | Path, started_ms: int, finished_ms: int) -> None:
-    """Record when the training behind `history_path` ran, tied to that history's content."""
+def write_timing(history_path: str | Path, started_ms: int, finished_ms: int, world_size: int = 1) -> None:
+    """Record when the training behind `history_path` ran, and on how many processes, tied to that history's content."""
     write_json(
         timing_path(history_path),
-        {"started_ms": started_ms, "finished_ms": finished_ms, "history_sha256": file_sha256(history_path)},
+        {
+            "started_ms": started_ms,
+            "finished_ms": finished_ms,
+            "world_size": world_size,
+            "history_sha256": file_sha256(history_path),
+        },
     )
 
 
@@ -187,11 +217,26 @@ def read_timing(history_path: str | Path) -> tuple[int, int] | None:
     None when the file is missing or belongs to another history (DVC restored the history from its
     cache, or another run trained since): a time that is not known is not made up.
     """
+    timing = _timing_of(history_path)
+    try:
+        return (int(timing["started_ms"]), int(timing["finished_ms"])) if timing else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def read_world_size(history_path: str | Path) -> int | None:
+    """How many processes trained this very history, or None if unknown (as for `read_timing`)."""
+    timing = _timing_of(history_path)
+    size = timing.get("world_size") if timing else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 1 else None
+
+
+def _timing_of(history_path: str | Path) -> dict | None:
     try:
         timing = read_json(timing_path(history_path))
-        if timing["history_sha256"] == file_sha256(history_path):
-            return int(timing["started_ms"]), int(timing["finished_ms"])
-    except (InputError, KeyError, TypeError, ValueError):
+        if isinstance(timing, dict) and timing.get("history_sha256") == file_sha256(history_path):
+            return timing
+    except InputError:
         pass
     return None
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import signal
 import sys
 import threading
@@ -30,76 +29,78 @@ class Terminated(BaseException):
     """SIGTERM, raised like KeyboardInterrupt so that the same cleanup runs on the way out."""
 
 
-# Signal handlers are process-wide, and so is what they need to know:
-_held: list[int] | None = None  # the stops that arrived inside `signals_held()`, or None outside it
-_redelivery: threading.Timer | None = None  # a stop dropped in a finalizer, on its way back
-
-
 def _stop(signum: int, frame: object) -> None:
-    """The handler of SIGINT and SIGTERM: unwind the stack, once.
+    """The handler of SIGINT and SIGTERM while a command runs: unwind the stack (`_unwind`)."""
+    _unwind(signum)
 
-    A second signal (an impatient user, a supervisor that signals twice) is ignored, so the
-    cleanup on the way out is not cut short.
-    """
-    if _held is not None:
-        _held.append(signum)
-        return
+
+def _unwind(signum: int) -> NoReturn:
+    """Raise the stop, once: from now on both signals are ignored (an impatient user, a supervisor that
+    signals twice), so the cleanup on the way out is not cut short."""
     for each in STOP_SIGNALS:
-        if signal.getsignal(each) is _stop:
+        if signal.getsignal(each) is not signal.SIG_IGN:
             signal.signal(each, signal.SIG_IGN)
     raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
 
 
-def _stop_after_finalizer(
-    other_hook: Callable[[sys.UnraisableHookArgs], object], unraisable: sys.UnraisableHookArgs
+@contextlib.contextmanager
+def signals_held() -> Iterator[Callable[[], None]]:
+    """Hold Ctrl-C and kill while a run of calls that must each finish is made; yields `stop_if_asked`.
+
+    For the calls to the MLflow store: interrupted inside its transaction, a sqlite store stays locked,
+    and between the store's answer and the caller's next line a new run's id would be lost, so the run
+    could not be marked KILLED. A stop that comes meanwhile is noted; it lands where the block calls
+    `stop_if_asked()` (between two calls) or at the block's end. Nothing is held outside `run_main` (no
+    handler of ours) or off the main thread (signals are handled there), nor in a nested block (the
+    outer one holds).
+    """
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        held.append(signum)
+
+    def stop_if_asked() -> None:
+        if held:
+            signum = held[0]
+            held.clear()  # raised once: the block's end must not raise it again over the cleanup's notes
+            _unwind(signum)
+
+    on_main = threading.current_thread() is threading.main_thread()
+    ours = [signum for signum in STOP_SIGNALS if on_main and signal.getsignal(signum) is _stop]
+    for signum in ours:
+        signal.signal(signum, hold)
+    try:
+        yield stop_if_asked
+    finally:
+        for signum in ours:
+            if signal.getsignal(signum) is hold:  # not once the stop was raised (`_unwind` ignores both)
+                signal.signal(signum, _stop)
+        stop_if_asked()
+
+
+def _redeliver_dropped_stop(
+    other_hook: Callable[[sys.UnraisableHookArgs], object],
+    redeliveries: list[threading.Timer],
+    unraisable: sys.UnraisableHookArgs,
 ) -> None:
     """sys.unraisablehook while a command runs: bring back a stop that Python would drop.
 
     A signal that arrives while a finalizer or weakref callback runs (SQLAlchemy has many) raises
-    there, where Python prints the exception and carries on as if never interrupted. Send the
-    signal again from a moment later, when the callback has returned; a real signal also cuts
-    short a blocking call such as a sleep or a lock wait.
+    there, where Python prints the exception and carries on as if never interrupted. The signal is
+    sent again a moment later, when the callback has returned: raised from the hook it would be dropped
+    again, and a real signal also cuts short a blocking call such as a sleep or a lock wait. Required by
+    tests/unit/core/test_command.py's test_a_signal_that_arrives_in_a_finalizer_still_stops_the_command; stops held
+    by `signals_held` are never raised in a finalizer.
     """
-    global _redelivery
     if not isinstance(unraisable.exc_value, KeyboardInterrupt | Terminated):
         other_hook(unraisable)
         return
     signum = signal.SIGINT if isinstance(unraisable.exc_value, KeyboardInterrupt) else signal.SIGTERM
-    signal.signal(signum, _stop)  # _stop ignored it, expecting to unwind
-    _redelivery = threading.Timer(0.01, signal.pthread_kill, (threading.main_thread().ident, signum))
-    _redelivery.daemon = True
-    _redelivery.start()
-
-
-def _await_redelivery() -> None:
-    """Wait for a stop on its way back (10 ms at most), so that it lands while our handlers are in place."""
-    global _redelivery
-    if _redelivery is not None:
-        again, _redelivery = _redelivery, None
-        again.join()  # the signal cuts the wait short and raises here
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold Ctrl-C and kill until the block is done, then stop as usual.
-
-    For a call that must not stop half-way, such as one call to the MLflow store: interrupted
-    inside its transaction, a sqlite store stays locked, and between the store's answer and the
-    caller's next line a new run's id would be lost, so the run could not be marked KILLED.
-    Keep such blocks short. It holds nothing outside `run_main` (no handler of ours) or off the
-    main thread (signals are handled there).
-    """
-    global _held
-    if _held is not None or threading.current_thread() is not threading.main_thread():
-        yield  # nested: the outer block acts on what arrives
-        return
-    _held = []
-    try:
-        yield
-    finally:
-        held, _held = _held, None
-        if held:
-            _stop(held[0], None)
+    signal.signal(signum, _stop)  # `_unwind` ignored it, expecting to unwind
+    again = threading.Timer(0.01, signal.pthread_kill, (threading.main_thread().ident, signum))
+    again.daemon = True
+    again.start()
+    redeliveries.append(again)
 
 
 def run_main(main: Main, argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
@@ -115,14 +116,16 @@ def run_main(main: Main, argv: Sequence[str] | None = None, *, exiting: bool = F
     for signum, handler in previous.items():
         if handler != signal.SIG_IGN:
             signal.signal(signum, _stop)
+    redeliveries: list[threading.Timer] = []
     other_hook = sys.unraisablehook
-    sys.unraisablehook = functools.partial(_stop_after_finalizer, other_hook)
+    sys.unraisablehook = functools.partial(_redeliver_dropped_stop, other_hook, redeliveries)
     stopped = False
     try:
         try:
             return main(argv) or 0
         finally:
-            _await_redelivery()
+            for again in redeliveries:
+                again.join()  # a stop on its way back (10 ms at most) lands here, while our handlers are in place
     except InputError as err:
         print(f"gdpipe: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -145,15 +148,6 @@ def run_main(main: Main, argv: Sequence[str] | None = None, *, exiting: bool = F
 def run_command(main: Main) -> NoReturn:
     """The `__main__` of every stage and command: `run_main(main)`, then exit with its code.
 
-    The garbage collector stays on, so a reference cycle made per epoch is still freed, but runs
-    less often than Python's default (every 50,000 new container objects, not every 700): a stage's
-    heavy imports (torch, mlflow) would otherwise be walked again and again while they load, 0.4 s
-    of the track stage (`make bench`). Before exit everything is frozen, so the interpreter's final
-    collection has nothing to walk (0.45 s in track): cycles left at exit are not finalized, which
-    a command that has written and closed its outputs does not need. Heavy imports go inside
-    `main`, which keeps `--help` quick.
+    Heavy imports go inside `main`, which keeps `--help` quick.
     """
-    gc.set_threshold(50_000)
-    code = run_main(main, exiting=True)
-    gc.freeze()
-    sys.exit(code)
+    sys.exit(run_main(main, exiting=True))

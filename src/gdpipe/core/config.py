@@ -13,6 +13,7 @@ is allowed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -28,6 +29,9 @@ VARIANTS: tuple[Variant, ...] = ("numpy", "torch")
 # a year.
 MAX_EPOCHS = 10_000_000
 MAX_SAMPLES = 1_000_000_000
+# Processes per machine and machines: far beyond what a machine has cores or a team machines.
+MAX_PROCESSES = 1024
+MAX_NODES = 1024
 # Data, w and f(x) are float32, as in the lesson: a larger number would be infinity there.
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -75,9 +79,29 @@ class NumpyParams(_Section):
 
 
 class TorchParams(_Section):
-    """Options of the PyTorch autograd variant."""
+    """Options of the PyTorch autograd variant; how many processes train it changes no bit of the result."""
 
     device: Literal["cpu", "cuda", "auto"]
+    # Training processes on this machine (torchrun), and machines: docs/distributed.md.
+    processes: int = Field(ge=1, le=MAX_PROCESSES)
+    nodes: int = Field(ge=1, le=MAX_NODES)
+    # host:port of this machine (node 0), where the other nodes join; used only when nodes > 1.
+    rendezvous: str = Field(max_length=260)
+    # Seconds the nodes have to join, and each process to reach every epoch's exchange, before training stops.
+    join_timeout: int = Field(ge=1, le=86_400)
+
+    @field_validator("rendezvous")
+    @classmethod
+    def _host_and_port(cls, rendezvous: str) -> str:
+        host, _, port = rendezvous.rpartition(":")
+        if not (re.fullmatch(r"[A-Za-z0-9.-]+", host) and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError("must be host:port, a name or IPv4 address of this machine and a port from 1 to 65535")
+        return rendezvous
+
+    @property
+    def world_size(self) -> int:
+        """Processes in all: each machine runs `processes` of them."""
+        return self.processes * self.nodes
 
 
 class TrainParams(_Section):
@@ -162,6 +186,16 @@ class Params(_Section):
     track: TrackParams
     # Read by the gate only; no DVC stage declares it, so editing a bound reruns nothing.
     thresholds: dict[MetricName, Bound]
+
+    @model_validator(mode="after")
+    def _a_point_for_every_process(self) -> Params:
+        world = self.train.torch.world_size
+        if world > self.data.n_samples:
+            raise ValueError(
+                f"train.torch.processes x nodes = {world} processes for data.n_samples = {self.data.n_samples} "
+                "points: at most one process per point"
+            )
+        return self
 
     @field_validator("thresholds")
     @classmethod
@@ -274,9 +308,19 @@ def check_recorded(lock_path: str | Path, params_path: str | Path, params: Param
                 )
 
 
+_TRAINING = ("train.lr", "train.epochs", "train.w_init", "train.log_every")
+
+
 def training_keys(variant: Variant) -> tuple[str, ...]:
-    """The keys that shape one variant's model (dvc.yaml's train stage also declares data.x_layout, for a warning)."""
-    return ("train.lr", "train.epochs", "train.w_init", "train.log_every", f"train.{variant}")
+    """The keys that shape one variant's model: of train.torch only the device, as processes, nodes and the
+    rendezvous change no bit of it."""
+    return (*_TRAINING, "train.numpy" if variant == "numpy" else "train.torch.device")
+
+
+def train_stage_keys(variant: Variant) -> tuple[str, ...]:
+    """The keys dvc.yaml declares for train@<variant>: the training keys, data.x_layout (for a warning) and the
+    variant's whole section."""
+    return ("data.x_layout", *_TRAINING, f"train.{variant}")
 
 
 def _read_yaml(path: Path) -> Any:
@@ -372,7 +416,7 @@ def _problem(error: Any) -> str:
     else:
         message = error["msg"]
     if isinstance(error["input"], dict):  # a rule about the section as a whole (e.g. x_low < x_high)
-        return f"{_dotted(loc)}: {message}"
+        return f"{_dotted(loc)}: {message}" if loc else message
     return f"{_dotted(loc)} = {_shown(error['input'])}: {message}"
 
 

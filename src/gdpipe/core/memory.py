@@ -13,8 +13,9 @@ from pathlib import Path
 
 # x and y, float32: what generate writes and every later stage loads.
 DATA_BYTES_PER_SAMPLE = 8
-# The pipeline's peak, measured (10 million samples, 2026-12): train@torch holds the data set and
-# autograd's temporaries, about twice the data set; generate, train@numpy and evaluate hold less.
+# The pipeline's peak, twice the data set: measured (5 x 10^7 samples, make bench, 2026-12), train@numpy holds
+# 1.6 times it (x, y and y_hat) and train@torch 1.7 (the data set, torch, and autograd's temporaries of one block
+# of chunks; twice it before the chunks); generate and evaluate hold less.
 PEAK_BYTES_PER_SAMPLE = 16
 
 

@@ -8,6 +8,7 @@ holds a password, and the line that says so must not print it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import urlsplit
 
 VARIABLE = "MLFLOW_TRACKING_URI"
@@ -19,6 +20,11 @@ def redact(uri: str) -> str:
     """The URI without its user name and password (or token), fit to print or record; never raises."""
     scheme, userinfo, rest = _split(uri)
     return uri if userinfo is None else f"{scheme}://{rest}"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite store (sqlite:///<path>); None for a server or any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 def credentials(uri: str) -> tuple[str, str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gdpipe.core import config
-from gdpipe.core.artifacts import History, TrainedModel, read_timing
+from gdpipe.core.artifacts import History, TrainedModel, read_timing, read_world_size
 from gdpipe.core.command import InputError
 from gdpipe.core.config import Params, Variant
 from gdpipe.core.files import file_sha256, require_finite
@@ -176,6 +176,8 @@ def build_record(
     }
     if model.diverged:
         tags["gdpipe.diverged_at_epoch"] = str(model.diverged_at_epoch)
+    if world_size := read_world_size(history_path):  # a tag: the result, so its run, is the same on any number
+        tags["gdpipe.world_size"] = str(world_size)
     rows = spread(history.epoch.size, params.track.max_points_per_metric)
     if rows.size < history.epoch.size:  # a chart of fewer points than the run has: say where the rest are
         tags["gdpipe.metric_points"] = (

@@ -1,37 +1,27 @@
-"""train: full-batch gradient descent on f(x) = w * x with one variant, and what to say when it diverges.
+"""train: full-batch gradient descent on f(x) = w * x with one variant, its outputs, and what to say when it diverges.
 
-history = train("numpy", dataset, params.train)    # or "torch"
+history = train("numpy", dataset, params.train)    # or "torch"; torch on several processes: train/torchrun.py
 """
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import numpy as np
 
-from gdpipe.core.artifacts import Dataset, History
-from gdpipe.core.config import TrainParams, Variant
+from gdpipe.core import config
+from gdpipe.core.artifacts import Dataset, History, TrainedModel, write_timing
+from gdpipe.core.config import Params, TrainParams, Variant
 from gdpipe.linear import lr_bound, mse, predict
 from gdpipe.train.loop import Stepper, fit
 
-# glibc serves blocks over 32 MiB (its largest mmap threshold) from fresh mmaps and unmaps them
-# when freed, so above this size every epoch page-faults torch's autograd temporaries in anew.
-HUGE_PAGES_FROM_BYTES = 32 << 20
 
-
-def stepper_class(variant: Variant, array_bytes: int) -> type[Stepper]:
-    """The variant's stepper; torch is imported only when it is asked for.
-
-    For arrays over HUGE_PAGES_FROM_BYTES, torch is told (before it is imported) to advise its
-    large allocations onto transparent huge pages: 512 times fewer page faults per epoch. Smaller
-    arrays are reused from glibc's heap without faults, where huge pages would only add zeroing.
-    """
+def stepper_class(variant: Variant) -> type[Stepper]:
+    """The variant's stepper; torch is imported only when it is asked for."""
     if variant == "numpy":
         from gdpipe.train.numpy_variant import NumpyStepper
 
         return NumpyStepper
-    if array_bytes > HUGE_PAGES_FROM_BYTES:
-        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # a user's own setting wins
     from gdpipe.train.torch_variant import TorchStepper
 
     return TorchStepper
@@ -39,11 +29,29 @@ def stepper_class(variant: Variant, array_bytes: int) -> type[Stepper]:
 
 def train(variant: Variant, data: Dataset, params: TrainParams) -> History:
     """Run gradient descent for `variant`; a divergence ends the history at its last finite epoch."""
-    stepper = stepper_class(variant, data.x.nbytes)(data, params)
+    stepper = stepper_class(variant)(data, params)
     return fit(stepper, params.epochs, params.log_every, label=f"train {variant}")
 
 
-def divergence_note(variant: Variant, history: History, data: Dataset, params: TrainParams, x_layout: str) -> str:
+def save(
+    variant: Variant,
+    history: History,
+    params: Params,
+    paths: tuple[str | Path, str | Path],
+    started_ms: int,
+    finished_ms: int,
+    world_size: int = 1,
+) -> None:
+    """The train stage's outputs, each written atomically: the history, the model with the params that shaped it,
+    then when and on how many processes it trained (for MLflow only: times stay out of DVC's outputs)."""
+    history_path, model_path = paths
+    history.write_csv(history_path)
+    trained_with = config.values(params, config.training_keys(variant))
+    TrainedModel.from_history(variant, history, trained_with).save(model_path)
+    write_timing(history_path, started_ms, finished_ms, world_size)
+
+
+def divergence_note(variant: Variant, diverged_at: int, data: Dataset, params: TrainParams, x_layout: str) -> str:
     """One line saying where training diverged and which learning rates are stable for this data."""
     with np.errstate(over="ignore", invalid="ignore"):
         first_loss = np.float32(
@@ -58,7 +66,7 @@ def divergence_note(variant: Variant, history: History, data: Dataset, params: T
     gradient = params.numpy.gradient if variant == "numpy" else "mean"
     bound = lr_bound(data.x, gradient)
     note = (
-        f"{variant} diverged at epoch {history.diverged_at}: w or loss is no longer finite. "
+        f"{variant} diverged at epoch {diverged_at}: w or loss is no longer finite. "
         f"Gradient descent on this data converges only for 0 < lr < {bound:.4g}"
         f"{' (the summed gradient is n times larger)' if gradient == 'sum' else ' (1/mean(x^2))'}; "
         f"train.lr = {params.lr:g}."

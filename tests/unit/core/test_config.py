@@ -51,6 +51,27 @@ BAD_VALUES = [
         {"data.x_layout": "uniform", "data.x_low": 1.0, "data.x_high": 1.0},
         "data: x_low must be < x_high for the uniform layout, got 1.0 and 1.0",
     ),
+    ({"train.torch.processes": 0}, "train.torch.processes = 0: must be >= 1"),
+    ({"train.torch.processes": 10**6}, "train.torch.processes = 1000000: must be <= 1024"),
+    ({"train.torch.nodes": 1.5}, "train.torch.nodes = 1.5: must be a whole number"),
+    # One process per point at most: the lesson's 4 points take 4 processes, not 5.
+    (
+        {"train.torch.processes": 5},
+        "train.torch.processes x nodes = 5 processes for data.n_samples = 4 points: at most one process per point",
+    ),
+    (
+        {"train.torch.processes": 2, "train.torch.nodes": 3},
+        "train.torch.processes x nodes = 6 processes for data.n_samples = 4 points: at most one process per point",
+    ),
+    *(
+        (
+            {"train.torch.rendezvous": bad},
+            f"train.torch.rendezvous = {bad!r}: must be host:port, a name or IPv4 address of this machine and a port "
+            "from 1 to 65535",
+        )
+        for bad in ("127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "http://host:80", ":29400", "host:port")
+    ),
+    ({"train.torch.join_timeout": 0}, "train.torch.join_timeout = 0: must be >= 1"),
     ({"train": [1, 2]}, "train = a list: must be a mapping of lr, epochs, w_init, log_every, numpy, torch"),
     # Longer than an MLflow store on PostgreSQL accepts: refused here, not half-way through publishing.
     ({"track.experiment": "e" * 257}, f"track.experiment = '{'e' * 56}...: must be at most 256 characters"),

@@ -15,6 +15,14 @@ from gdpipe.core.command import run_main
 from support import load_default_params, with_overrides, write_yaml
 
 
+def test_how_many_processes_train_torch_is_no_part_of_its_model(params):
+    """The model records the keys that shape it; processes, nodes and the rendezvous change no bit of it."""
+    p = params({"train.torch.processes": 4, "train.torch.nodes": 1, "train.torch.rendezvous": "example.org:1"})
+    assert config.values(p, config.training_keys("torch")) == config.values(params(), config.training_keys("torch"))
+    assert config.values(p, config.training_keys("torch"))["train.torch.device"] == "cpu"
+    assert p.train.torch.world_size == 4
+
+
 def test_values_flattens_sections_and_keys_under_their_dotted_names(params):
     assert config.values(params(), ["data.x_layout", *config.training_keys("numpy")]) == {
         "data.x_layout": "grid",

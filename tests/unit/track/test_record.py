@@ -62,3 +62,15 @@ def test_the_limit_changes_what_is_logged_but_not_the_runs_fingerprint(workspace
     else:
         assert "gdpipe.metric_points" not in built.tags  # the lesson's result logs what it always did
     assert built.fingerprint == torch_record(workspace, params()).fingerprint
+
+
+def test_the_number_of_processes_that_trained_is_a_tag_not_part_of_the_fingerprint(own_workspace, params):
+    """Any number of processes gives the same bytes, so the same run: the tag says how many trained it, when known."""
+    timing = own_workspace / "history" / "torch.timing.json"
+    assert torch_record(own_workspace, params()).tags["gdpipe.world_size"] == "1"
+    alone = torch_record(own_workspace, params())
+    timing.write_text(timing.read_text().replace('"world_size": 1', '"world_size": 3'))
+    assert torch_record(own_workspace, params()).tags["gdpipe.world_size"] == "3"
+    assert torch_record(own_workspace, params()).fingerprint == alone.fingerprint
+    timing.unlink()  # DVC restored the history from its cache: who trained it is not known
+    assert "gdpipe.world_size" not in torch_record(own_workspace, params()).tags
