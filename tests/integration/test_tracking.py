@@ -176,6 +176,12 @@ def test_pipeline_publishes_to_a_real_tracking_server(reproduced_repo, mlflow_se
     assert len(all_runs(store_uri(reproduced_repo))) == local_before  # nothing went to the local store
 
 
+# With MLflow's own settings (7 retries, backoff factor 2, a 120 s timeout), either failure takes minutes;
+# gdpipe's take seconds (track/settings.py). The bound sits between the two, far enough from a few seconds that
+# a loaded machine, which doubles the stage's start-up (importing MLflow), does not fail it.
+FAILS_FAST_S = 60
+
+
 def timed_track(folder: Path, uri: str) -> tuple[subprocess.CompletedProcess, float]:
     """The track stage as a child in `folder` (support.run_track), publishing to `uri`, and how long it took."""
     start = time.monotonic()
@@ -186,7 +192,7 @@ def timed_track(folder: Path, uri: str) -> tuple[subprocess.CompletedProcess, fl
 def test_refused_tracking_server_fails_fast_with_one_line(own_workspace):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     done, seconds = timed_track(own_workspace, uri)
-    assert done.returncode == 2 and seconds < 15
+    assert done.returncode == 2 and seconds < FAILS_FAST_S, (seconds, done.stderr)
     assert not (own_workspace / "published.json").exists() and not (own_workspace / "runs.json").exists()
     assert (
         done.stderr.startswith(f"gdpipe: error: MLflow tracking store {uri} refused the connection: is the server")
@@ -194,13 +200,13 @@ def test_refused_tracking_server_fails_fast_with_one_line(own_workspace):
     ), done.stderr
 
 
-def test_silent_tracking_server_fails_within_about_ten_seconds(own_workspace):
+def test_silent_tracking_server_fails_within_seconds_not_minutes(own_workspace):
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
         done, seconds = timed_track(own_workspace, uri)
-    assert done.returncode == 2 and seconds < 14, (seconds, done.stderr)
+    assert done.returncode == 2 and seconds < FAILS_FAST_S, (seconds, done.stderr)
     assert (
         done.stderr.startswith(f"gdpipe: error: MLflow tracking store {uri} did not answer")
         and done.stderr.count("\n") == 1
