@@ -57,7 +57,7 @@ from gdpipe.track.where import redact, repo_root, tracking_uri
 EXIT_DIFFERS = 1
 COMMIT_TAG = "mlflow.source.git.commit"
 NOT_FROM_OUTPUTS = ("training_seconds",)  # the wall-clock time training took: no output holds it
-MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # MLflow's codes for no such model, version, alias
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no such model, version, alias
 REBUILD = ["repro", "--force", "--no-run-cache"]
 STOP_WAIT_S = 10  # how long a stopped rebuild may take to end before it is killed
 LOG_LINES = 15  # of a failed rebuild's output, shown
@@ -109,7 +109,7 @@ def lineage(client: MlflowClient, name: str, kind: str, which: str, where: str) 
             client.get_model_version_by_alias(name, which) if kind == "alias" else client.get_model_version(name, which)
         )
     except MlflowException as err:
-        if err.error_code not in MISSING:
+        if err.error_code not in NOT_FOUND_CODES:
             raise
         raise _not_found(client, name, f"{kind} {which}", where) from None
     what = f"{name} version {found.version}"
@@ -118,7 +118,7 @@ def lineage(client: MlflowClient, name: str, kind: str, which: str, where: str) 
         try:
             run = client.get_run(found.run_id)
         except MlflowException as err:
-            if err.error_code not in MISSING:
+            if err.error_code not in NOT_FOUND_CODES:
                 raise
     tags, params = (run.data.tags, run.data.params) if run else ({}, {})
     missing = [key for key in (COMMIT_TAG, FINGERPRINT_TAG, "variant") if not tags.get(key)]
@@ -145,7 +145,7 @@ def _not_found(client: MlflowClient, name: str, wanted: str, where: str) -> Inpu
     try:
         model = client.get_registered_model(name)
     except MlflowException as err:
-        if err.error_code not in MISSING:
+        if err.error_code not in NOT_FOUND_CODES:
             raise
         names = sorted(each.name for each in client.search_registered_models())
         return InputError(f"{where} has no registered model {name} (it has {', '.join(names) or 'none'})")
