@@ -39,6 +39,7 @@ from support import (
     src_env,
     stages_run,
     start_track,
+    undone_if_this_process_dies,
     wait_for,
     with_overrides,
     write_yaml,
@@ -74,16 +75,17 @@ def team_server():
     root.chmod(0o711)
     port = free_port()
     settings = (f"SERVER_DIR={root / 'server'}", f"SERVER_PORT={port}", "SERVER_AUTH=1")
-    started = make(REPO, "server", *settings, env=child_env(**CREDENTIALS))
-    server = TeamServer(f"http://127.0.0.1:{port}", root / "server", settings, [started.stdout, started.stderr])
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        assert f"export MLFLOW_TRACKING_URI={server.url}\n" in started.stdout
-        yield server
-    finally:
-        stopped = make(REPO, "server-stop", *settings, env=child_env())
-        assert stopped.returncode == 0 and "PostgreSQL" in stopped.stdout, stopped.stdout + stopped.stderr
-        shutil.rmtree(root)
+    with undone_if_this_process_dies(["make", "-o", ".venv/.installed", "server-stop", *settings]):
+        started = make(REPO, "server", *settings, env=child_env(**CREDENTIALS))
+        server = TeamServer(f"http://127.0.0.1:{port}", root / "server", settings, [started.stdout, started.stderr])
+        try:
+            assert started.returncode == 0, started.stdout + started.stderr
+            assert f"export MLFLOW_TRACKING_URI={server.url}\n" in started.stdout
+            yield server
+        finally:
+            stopped = make(REPO, "server-stop", *settings, env=child_env())
+    assert stopped.returncode == 0 and "PostgreSQL" in stopped.stdout, stopped.stdout + stopped.stderr
+    shutil.rmtree(root)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from support import REPO, assert_one_error_line, child_env, free_port, make, wait_for
+from support import REPO, assert_one_error_line, child_env, free_port, make, undone_if_this_process_dies, wait_for
 
 ADMIN = "gdpipe-admin"
 CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": f"pw-{uuid.uuid4().hex}"}
@@ -35,12 +35,14 @@ def server_root():
     server started under it is stopped with make server-stop, and the folder removed."""
     root = Path(tempfile.mkdtemp(prefix="gdpipe-start-"))
     root.chmod(0o711)
-    try:
-        yield root
-    finally:
-        for cluster in root.rglob("PG_VERSION"):
-            make(REPO, "server-stop", f"SERVER_DIR={cluster.parent.parent}", env=child_env())
-        shutil.rmtree(root)
+    each_stopped = 'find "$1" -name PG_VERSION | while IFS= read -r f; do make server-stop SERVER_DIR="${f%/*/*}"; done'
+    with undone_if_this_process_dies(["sh", "-c", each_stopped, "sh", str(root)]):
+        try:
+            yield root
+        finally:
+            for cluster in root.rglob("PG_VERSION"):
+                make(REPO, "server-stop", f"SERVER_DIR={cluster.parent.parent}", env=child_env())
+            shutil.rmtree(root)
 
 
 def processes_using(folder: Path) -> list[str]:

@@ -21,6 +21,7 @@ from support import (
     child_env,
     dvc,
     free_port,
+    killed_if_this_process_dies,
     make,
     run_track,
     src_env,
@@ -135,8 +136,9 @@ def mlflow_server(tmp_path):
         start_new_session=True,
     )
     try:
-        wait_for_server(url, server, tmp_path / "server.log")
-        yield url
+        with killed_if_this_process_dies(server):
+            wait_for_server(url, server, tmp_path / "server.log")
+            yield url
     finally:
         os.killpg(server.pid, signal.SIGKILL)  # the server and its workers; its store is thrown away anyway
         server.wait()
