@@ -4,9 +4,11 @@ empty MLflow store) are in integration/conftest.py; the plain helpers in support
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 
 from gdpipe.core import config
 from gdpipe.track import settings
-from support import LESSON, REPO, build_workspace, load_default_params, with_overrides
+from support import LESSON, REPO, build_workspace, killed_if_this_process_dies, load_default_params, with_overrides
 
 
 def pytest_configure(config):
@@ -66,10 +68,17 @@ def gate_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def reaper():
-    """Processes a test starts; any still running when the test ends (it failed half-way) is killed."""
+    """Processes a test starts; any still running when the test ends (it failed half-way) is killed, and so is
+    each one if the test process itself is killed (support.killed_if_this_process_dies)."""
     processes = []
-    yield processes.append
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    with contextlib.ExitStack() as watchdogs:
+
+        def reap(process: subprocess.Popen) -> None:
+            processes.append(process)
+            watchdogs.enter_context(killed_if_this_process_dies(process))
+
+        yield reap
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()

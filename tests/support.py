@@ -209,8 +209,11 @@ def undone_if_this_process_dies(command: list[str], cwd: Path = REPO) -> Iterato
 
 
 def killed_if_this_process_dies(process: subprocess.Popen) -> contextlib.AbstractContextManager[None]:
-    """The same for a process started in a session of its own: its whole group is killed."""
-    return undone_if_this_process_dies(["kill", "-KILL", "--", f"-{process.pid}"])
+    """The same for a process: killed, with its whole group if it leads one (a session of its own)."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(process.pid) == process.pid:
+            return undone_if_this_process_dies(["kill", "-KILL", "--", f"-{process.pid}"])
+    return undone_if_this_process_dies(["kill", "-KILL", str(process.pid)])
 
 
 @contextlib.contextmanager

@@ -331,8 +331,10 @@ def test_a_champion_on_an_mlflow_server_rebuilds_identical(reproducible_repo, tm
         "--workers", "1",
     ]  # fmt: skip
     with log.open("w") as out:
-        server = subprocess.Popen(server_command, stdout=out, stderr=subprocess.STDOUT, env=child_env())
-    reaper(server)
+        server = subprocess.Popen(
+            server_command, stdout=out, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True
+        )
+    reaper(server)  # with its workers, if the test process is killed
     url = f"http://127.0.0.1:{port}"
     wait_for_server(url, server, log)
     repo = Path(shutil.copytree(reproducible_repo, tmp_path / "repo", symlinks=True))
@@ -347,5 +349,5 @@ def test_a_champion_on_an_mlflow_server_rebuilds_identical(reproducible_repo, tm
     )
     assert rows(done.stdout)["model w"] == [LESSON_W, LESSON_W, "same"]
     assert list((tmp_path / "tmp").iterdir()) == []
-    server.terminate()
+    os.killpg(server.pid, signal.SIGTERM)  # the server and its workers
     server.wait(timeout=30)
