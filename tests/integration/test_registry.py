@@ -66,7 +66,7 @@ PASSED = {"passed": True, "failed": []}
 
 def test_a_result_is_promoted_whole_or_not_at_all_and_each_variant_says_why(tmp_path, empty_store):
 
-    from gdpipe.track.registry import promote
+    from gdpipe.track.champion import promote
 
     client = MlflowClient(empty_store(tmp_path / "mlflow.db"))
     first, second = make_results(client, "gdpipe", 2)  # numpy 1 and torch 2; numpy 2 and torch 1
@@ -126,14 +126,14 @@ def test_a_promotion_stopped_half_way_is_never_served_and_the_next_one_settles_i
     tmp_path, empty_store, monkeypatch, writes
 ):
 
-    from gdpipe.track import registry
+    from gdpipe.track import champion, registry
 
     uri = empty_store(tmp_path / "mlflow.db")
     client = MlflowClient(uri)
     first, second = make_results(client, "gdpipe", 2)
-    assert registry.promote(client, as_current(first), PASSED)[1]
+    assert champion.promote(client, as_current(first), PASSED)[1]
     with pytest.raises(KeyboardInterrupt):
-        registry.promote(StoppedAfter(client, writes), as_current(second), PASSED)
+        champion.promote(StoppedAfter(client, writes), as_current(second), PASSED)
     assert champions(client, list(first)) == ({"gdpipe-numpy": "2", "gdpipe-torch": "2"} if writes == 2 else first)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     serve = ["serve", "--params", str(REPO / "params.yaml")]
@@ -148,7 +148,7 @@ def test_a_promotion_stopped_half_way_is_never_served_and_the_next_one_settles_i
     )
     # The next promotion, even one the gate refused, settles the champion on the result last promoted.
     failed = {"passed": False, "failed": ["loss (numpy)"]}
-    lines, promoted = registry.promote(client, as_current(first), failed)
+    lines, promoted = champion.promote(client, as_current(first), failed)
     assert lines[0].startswith("gdpipe-numpy: version 2 stays champion; ") and not promoted
     assert champions(client, list(first)) == second
 

@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR  # the codes MlflowException takes
 
 from gdpipe.core.command import InputError
-from gdpipe.track import store
+from gdpipe.track import failures, store
 from gdpipe.track.store import RACE_TRIES, retried_if_raced
 
 
@@ -22,7 +22,7 @@ def test_a_lock_taken_after_the_wait_is_named_too_and_a_bad_wait_is_refused(monk
     """A reader that comes after the wait makes one of MLflow's calls fail after its own 20 s: the same words."""
     db = tmp_path / "mlflow.db"
     locked = sqlalchemy.exc.OperationalError("INSERT ...", {}, sqlite3.OperationalError("database is locked"))
-    said = store.explain(locked, f"sqlite:///{db}")
+    said = failures.explain(locked, f"sqlite:///{db}")
     assert said.startswith(f"is locked by another process: the sqlite file {db} stayed locked longer than MLflow"), said
     for setting in ("soon", "-1", "inf", "nan"):
         monkeypatch.setenv("GDPIPE_STORE_WAIT", setting)
