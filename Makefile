@@ -33,7 +33,7 @@ BENCH_OUT ?= bench/latest.json
 # written). A copy of the module, not an import of gdpipe: worktrees of other commits share this venv.
 VENV_START := import gdpipe_venv_start; gdpipe_venv_start.start()
 
-.PHONY: help repro test lint check promote reproduce serve server server-stop push pull bench ui sweep tune clean venv pipeline
+.PHONY: help repro test test-unit lint check promote reproduce serve server server-stop push pull bench ui sweep tune clean venv pipeline
 
 help:  ## list these targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed -E 's/:[^#]*## /\t/' | expand -t 13
@@ -66,11 +66,15 @@ repro: pipeline  ## run the pipeline (dvc repro) and print f(5) of both variants
 	PYTHONPATH=src $(BIN)/python -m gdpipe.summary metrics.json
 	@$(WHERE) show --ui http://127.0.0.1:$(UI_PORT)
 
-# Two workers: most of the suite waits on real dvc, MLflow and server processes. loadgroup keeps
-# the tests of one xdist_group on one worker, which makes their shared fixture once (the team
-# server, a promoted or published copy of the project: tests/conftest.py, SHARED_FIXTURES).
-test: $(STAMP)  ## run the tests
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+# Two workers. The unit tier first: a broken function fails in seconds. Most of the integration tier
+# waits on real dvc, MLflow and server processes; --dist loadfile keeps each of its files on one worker,
+# so a costly fixture shared by one file's tests (the team server, a promoted or pushed copy of the
+# project) is made once. The unit tier has none, and balances best test by test.
+test: test-unit  ## run the tests: the unit tier (tests/unit), then the integration tier (tests/integration)
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests/integration
+
+test-unit: $(STAMP)  ## the unit tier alone: in-process tests of src/gdpipe, in about 30 s
+	$(BIN)/python -m pytest -n 2 tests/unit
 
 # actionlint checks every file in .github/workflows, without shellcheck and pyflakes: those run only
 # where they happen to be on PATH, and lint passes or fails alike on every machine.

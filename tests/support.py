@@ -1,6 +1,8 @@
-"""Plain helpers (no pytest) shared by the tests, through conftest.py, and by `make bench`:
-throwaway copies of the repository, params files with overrides, child processes and their
-environments, the stages run in this process, and a look into a sqlite MLflow store.
+"""Plain helpers (no pytest) shared by the tests, through conftest.py, and by `make bench`: throwaway
+copies of the repository, params files with overrides, child processes and their environments, the
+stages run in this process, the track stage in this process or as a child, a look into a sqlite MLflow
+store, and the lesson's metrics for the gate. Racing promotions: promotions.py; DVC remotes: remotes.py;
+programs the tests run as children: programs/.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from gdpipe.core.command import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+PROGRAMS = REPO / "tests" / "programs"  # Python programs the tests run as children
 # What the Makefile exports, so that tests and benchmarks run as `make` runs.
 MAKE_ENV = {"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 VARIANTS = ("numpy", "torch")
@@ -79,6 +81,15 @@ def with_overrides(document: dict, overrides: dict[str, object]) -> dict:
             node = node[key]
         node[last] = value
     return result
+
+
+def set_param(repo: Path, section: str, key: str, value: object) -> None:
+    """Set `section.key` in `repo`'s params.yaml, keeping its comments (ruamel's round trip)."""
+    yaml = YAML()
+    path = repo / "params.yaml"
+    document = yaml.load(path)
+    document[section][key] = value
+    yaml.dump(document, path)
 
 
 def committed_md5(path: str) -> str:
@@ -168,6 +179,43 @@ def make(repo: Path, *args: str, env: dict | None = None, timeout: float | None 
     return subprocess.run(command, cwd=repo, capture_output=True, text=True, env=env or child_env(), timeout=timeout)
 
 
+# The watchdog of `undone_if_this_process_dies`: one byte means the block ended and nothing is left to do;
+# end of file means the test process is gone (even by kill -9), so it runs its command.
+WATCHDOG = "import os, subprocess, sys\nif os.read(0, 1) == b'':\n    subprocess.run(sys.argv[1:], timeout=120)\n"
+
+
+@contextlib.contextmanager
+def undone_if_this_process_dies(command: list[str], cwd: Path = REPO) -> Iterator[None]:
+    """Run `command` (it stops a server) if this test process ends in the block, however: a test killed half-way
+    leaves no server behind. A watchdog in a session of its own (a signal to the test's group passes it by)
+    waits on a pipe whose other end only this process holds, and the kernel closes that end when it dies."""
+    read, write = os.pipe()  # not inherited by the servers this process starts: only the watchdog holds `read`
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", WATCHDOG, *command],
+        stdin=read,
+        cwd=cwd,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    os.close(read)
+    try:
+        yield
+    finally:
+        os.write(write, b"x")
+        os.close(write)
+        watchdog.wait(timeout=30)
+
+
+def killed_if_this_process_dies(process: subprocess.Popen) -> contextlib.AbstractContextManager[None]:
+    """The same for a process: killed, with its whole group if it leads one (a session of its own)."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(process.pid) == process.pid:
+            return undone_if_this_process_dies(["kill", "-KILL", "--", f"-{process.pid}"])
+    return undone_if_this_process_dies(["kill", "-KILL", str(process.pid)])
+
+
 @contextlib.contextmanager
 def served(repo: Path, target: str, port_setting: str) -> Iterator[str]:
     """`make <target> <port_setting>=<a free port>` running in a copy of the project, once it answers
@@ -180,101 +228,19 @@ def served(repo: Path, target: str, port_setting: str) -> Iterator[str]:
             command, cwd=repo, stdout=out, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True
         )
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_server(url, server, log)
-        yield url
+        with killed_if_this_process_dies(server):
+            url = f"http://127.0.0.1:{port}"
+            wait_for_server(url, server, log)
+            yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
 
-def run_track(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """The track stage as a child process in `folder` (a finished workspace), its output captured."""
-    command = [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS]
-    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
-
-
-def start_track(folder: Path, env: dict[str, str]) -> subprocess.Popen:
-    """The same, started: its stdout and stderr are pipes, to read with communicate()."""
-    command = [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS]
-    return subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def publish_forked(folders: list[Path], env: dict[str, str]) -> list[tuple[int, str, str]]:
-    """The track stage in every folder at the same moment, each a process forked from one that imported it
-    (tests/publishers.py): (exit code, stdout, stderr) of each."""
-    with tempfile.TemporaryDirectory() as outputs:
-        command = [sys.executable, str(REPO / "tests" / "publishers.py"), outputs, *map(str, folders)]
-        # A session of its own: if it hangs, its publishers go with it.
-        with subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-        ) as launcher:
-            try:
-                stdout, stderr = launcher.communicate(timeout=300)
-            except subprocess.TimeoutExpired:
-                os.killpg(launcher.pid, signal.SIGKILL)
-                raise
-        if launcher.returncode != 0:
-            raise RuntimeError(f"tests/publishers.py failed: {stderr[-3000:]}")
-        return [
-            (code, *(Path(outputs, f"{index}.{suffix}").read_text() for suffix in ("out", "err")))
-            for index, code in enumerate(json.loads(stdout))
-        ]
-
-
-# A test hook, installed as sitecustomize in a child: it touches a file when training starts, so a
-# signal can be sent while the process is certainly inside training.
-TRAINING_STARTED_HOOK = """
-import os
-from pathlib import Path
-
-if os.environ.get("GDPIPE_TEST_TRAINING_STARTED"):
-    import gdpipe.train
-
-    _train = gdpipe.train.train
-
-    def _announcing_train(*args, **kwargs):
-        Path(os.environ["GDPIPE_TEST_TRAINING_STARTED"]).touch()
-        return _train(*args, **kwargs)
-
-    gdpipe.train.train = _announcing_train
-"""
-
-
-# A test hook, installed as sitecustomize in the processes torchrun starts (each has RANK): rank r writes
-# <GDPIPE_TEST_RANKS>/started-r (its pid) when its training starts, and rank-r.json as it exits: its pid, its
-# resident memory just before it opened the data set, and its peak (VmHWM), in bytes.
-RANK_HOOK = """
-import atexit
-import json
-import os
-from pathlib import Path
-
-if os.environ.get("GDPIPE_TEST_RANKS") and "RANK" in os.environ:
-    import gdpipe.train.loop
-    from gdpipe.core.artifacts import Dataset
-
-    folder, rank = Path(os.environ["GDPIPE_TEST_RANKS"]), os.environ["RANK"]
-    facts = {"pid": os.getpid()}
-
-    def _status(name):
-        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(name))
-        return int(line.split()[1]) * 1024
-
-    _open, _fit = Dataset.open, gdpipe.train.loop.fit
-
-    def _measured_open(*args, **kwargs):
-        facts["rss_before_data"] = _status("VmRSS:")
-        return _open(*args, **kwargs)
-
-    def _announcing_fit(*args, **kwargs):
-        (folder / f"started-{rank}").write_text(str(os.getpid()))
-        return _fit(*args, **kwargs)
-
-    Dataset.open = _measured_open
-    gdpipe.train.loop.fit = _announcing_fit
-    atexit.register(lambda: (folder / f"rank-{rank}.json").write_text(json.dumps(facts | {"peak": _status("VmHWM:")})))
-"""
+def sitecustomize(folder: Path, hook: str) -> Path:
+    """tests/programs/<hook>.py as `folder`/sitecustomize.py: a Python with `folder` on its path runs it at start."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(PROGRAMS / f"{hook}.py", folder / "sitecustomize.py"))
 
 
 # --- the stages, run in this process -----------------------------------------------------------
@@ -299,20 +265,19 @@ def run_stage(main, argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def track_here(folder: Path, uri: str) -> tuple[int, str]:
-    """The track stage run in this process in `folder` (a finished workspace), publishing to `uri`: its exit
-    code and stderr, without a child's two seconds of importing MLflow. What a whole process prints, start-up
-    included, or how it dies, is tested on a child (run_track)."""
-    with mock.patch.dict(os.environ, MLFLOW_TRACKING_URI=uri), contextlib.chdir(folder):
-        return run_stage(stage("track").main, TRACK_ARGS)
-
-
 def assert_one_error_line(stderr: str, *names: str) -> None:
     """Exactly one line, `gdpipe: error: ...`, that mentions every one of `names`; never a traceback."""
     assert stderr.startswith("gdpipe: error: ") and stderr.count("\n") == 1 and stderr.endswith("\n"), stderr[:2000]
     assert "Traceback" not in stderr
     for name in names:
         assert name in stderr, (name, stderr[:2000])
+
+
+def strict_json(path: Path):
+    """The JSON document in `path`; a NaN or an infinity in it fails the test (Python's json would read them)."""
+    return json.loads(
+        path.read_text(), parse_constant=lambda name: (_ for _ in ()).throw(AssertionError(f"{path}: {name}"))
+    )
 
 
 def files_under(folder: Path) -> list[Path]:
@@ -362,6 +327,33 @@ def build_workspace(folder: Path, overrides: dict | None = None) -> Path:
             code, stderr = run_stage(main, argv)
             assert code == 0, stderr
     return folder
+
+
+# --- the track stage: in this process, or as a child ------------------------------------------------
+# In this process (track_here) where a test looks at what it publishes: no child's two seconds of importing
+# MLflow. As a child (start_track, run_track) where a test looks at what a whole process prints, start-up
+# included, or stops it, or runs many at once.
+
+
+def track_here(folder: Path, uri: str) -> tuple[int, str]:
+    """The track stage run in this process in `folder` (a finished workspace), publishing to `uri`: its exit
+    code and stderr."""
+    with mock.patch.dict(os.environ, MLFLOW_TRACKING_URI=uri), contextlib.chdir(folder):
+        return run_stage(stage("track").main, TRACK_ARGS)
+
+
+def start_track(folder: Path, env: dict[str, str]) -> subprocess.Popen:
+    """The track stage started as a child process in `folder` (a finished workspace), with `env`: its stdout and
+    stderr are pipes, to read with communicate()."""
+    command = [sys.executable, str(REPO / "stages" / "track.py"), *TRACK_ARGS]
+    return subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_track(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The same, run to its end: its exit code and output."""
+    process = start_track(folder, env)
+    stdout, stderr = process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 # --- a sqlite MLflow store, read directly ------------------------------------------------------
@@ -416,154 +408,3 @@ def params_yaml(thresholds: str | None) -> str:
     # JSON is YAML 1.2: the other sections are kept exactly, the thresholds text is the case under test.
     lines = [f"{section}: {json.dumps(value)}" for section, value in document.items() if section != "thresholds"]
     return "\n".join(lines + ([thresholds] if thresholds is not None else [])) + "\n"
-
-
-# --- promotions that race -------------------------------------------------------------------------
-
-
-class FirstWritesTogether:
-    """A client that, after its first write to the store, waits until every other promoter of the round has
-    made its first write too: every promotion has begun before any of them goes on (a barrier of `threading`)."""
-
-    def __init__(self, client, barrier):
-        self.client, self.barrier, self.waited = client, barrier, False
-
-    def __getattr__(self, name):
-        call = getattr(self.client, name)
-        if self.waited or not name.startswith(("set_", "delete_", "create_")):
-            return call
-
-        def write(*args, **kwargs):
-            done = call(*args, **kwargs)
-            if not self.waited:
-                self.waited = True
-                self.barrier.wait(timeout=120)
-            return done
-
-        return write
-
-
-def make_results(client, prefix: str, count: int) -> list[dict[str, str]]:
-    """`count` results, each one new version of `<prefix>-numpy` and of `<prefix>-torch` (registered here,
-    of an empty run): name -> version. The torch versions are made in the reverse order, so that result i
-    is not version i of both."""
-    names = [f"{prefix}-{variant}" for variant in VARIANTS]
-    for name in names:
-        client.create_registered_model(name)
-    experiment = client.create_experiment(f"{prefix}-results")
-
-    def version(name: str) -> str:
-        run = client.create_run(experiment).info.run_id  # a server takes a version's source from a run only
-        return client.create_model_version(name, f"runs:/{run}/model", run_id=run).version
-
-    numpy = [version(names[0]) for _ in range(count)]
-    torch = [version(names[1]) for _ in range(count)][::-1]
-    return [{names[0]: str(a), names[1]: str(b)} for a, b in zip(numpy, torch, strict=True)]
-
-
-def promote_at_once(clients, results: list[dict[str, str]], together: bool) -> list[tuple[list[str], bool]]:
-    """`champion.promote` of each result (one per client, a passed gate), all in threads started at
-    once: what each returned. `together`: each waits after its first write for all the others'."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from gdpipe.track.champion import promote
-
-    start = threading.Barrier(len(results))
-    passed = {"passed": True, "failed": []}
-
-    def promoter(index: int) -> tuple[list[str], bool]:
-        client = FirstWritesTogether(clients[index], start) if together else clients[index]
-        current = {
-            name.rsplit("-", 1)[1]: {"model_name": name, "model_version": version, "status": "trained"}
-            for name, version in results[index].items()
-        }
-        if not together:
-            start.wait(timeout=120)
-        return promote(client, current, passed)
-
-    with ThreadPoolExecutor(len(results)) as pool:
-        return list(pool.map(promoter, range(len(results))))  # list(): raises what a promoter raised
-
-
-def champions(client, names) -> dict[str, str | None]:
-    """Each model's `champion` alias, as the store holds it now."""
-    from mlflow.exceptions import MlflowException
-
-    held = {}
-    for name in names:
-        try:
-            held[name] = str(client.get_model_version_by_alias(name, "champion").version)
-        except MlflowException:
-            held[name] = None
-    return held
-
-
-def assert_one_champion_per_round(client, results, rounds: int, promoters: int, together: bool) -> None:
-    """`rounds` rounds of `promoters` promotions of different results at once: after each, both
-    champions are versions of one of them, and what every promoter said is true: the one whose result
-    is champion says so, and exits 0 (True); every other one names the champion it saw win (with
-    `together`, all promoters wrote before any looked: that is the final one) and exits 1 (False), or,
-    started freely, may have ended before the winner began to write and said its own was champion."""
-    names = list(results[0])
-    for turn in range(rounds):
-        mine = [results[(turn + index) % len(results)] for index in range(promoters)]
-        said = promote_at_once([client] * promoters, mine, together)
-        final = champions(client, names)
-        assert final in mine, f"round {turn}: the champions {final} are not one result of {mine}: {said}"
-        winner = mine.index(final)
-        won = [f"{name}: version {final[name]} is champion (" for name in names]
-        assert said[winner][1] and len(said[winner][0]) == 2 and all(map(str.startswith, said[winner][0], won)), said
-        for index, (lines, promoted) in enumerate(said):
-            if index == winner:
-                continue
-            seen = [final] if together else [result for result in mine if result is not mine[index]]
-            lost = [
-                [
-                    f"{name}: version {result[name]} is champion (another promotion at the same time won); "
-                    f"version {mine[index][name]} was promoted, then replaced"
-                    for name in names
-                ]
-                for result in seen
-            ]
-            own = [f"{name}: version {mine[index][name]} is champion (" for name in names]
-            ended_first = not together and promoted and all(map(str.startswith, lines, own)) and len(lines) == 2
-            assert (not promoted and lines in lost) or ended_first, f"round {turn}: {said}"
-
-
-# --- DVC remotes: clones, their default remote, make push and make pull ------------------------------
-
-
-def run_remote(repo: Path, action: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python -m gdpipe.remote <action>` in `repo`: what make push and make pull run, without make's own lines."""
-    command = [sys.executable, "-m", "gdpipe.remote", action]
-    return subprocess.run(command, cwd=repo, env=env or src_env(), capture_output=True, text=True, timeout=120)
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
-
-
-def clone(source: Path, destination: Path) -> Path:
-    """A git clone of `source` (committed files only: no outputs, no DVC cache) sharing this checkout's .venv."""
-    git(source.parent, "clone", "-q", str(source), str(destination))
-    (destination / ".venv").symlink_to(Path(sys.executable).parents[1])
-    return destination
-
-
-def workspace(repo: Path) -> dict[str, bytes]:
-    """Every file of `repo` outside .git and DVC's own folder (its cache, its temporary files), with its bytes."""
-    skip = (repo / ".git", repo / ".dvc")
-    return {
-        str(path.relative_to(repo)): path.read_bytes()
-        for path in files_under(repo)
-        if not any(path.is_relative_to(folder) for folder in skip)
-    }
-
-
-def set_remote(repo: Path, url: str, **settings: str) -> None:
-    """This clone's own default remote, as `dvc remote add --local -d` writes it to .dvc/config.local, with
-    DVC's verify on as docs/remote.md says (make pull refuses a remote without it) unless `settings` say."""
-    lines = ["[core]", "    remote = mine", "['remote \"mine\"']", f"    url = {url}"]
-    lines += [f"    {key} = {value}" for key, value in ({"verify": "true"} | settings).items()]
-    (repo / ".dvc" / "config.local").write_text("\n".join(lines) + "\n")

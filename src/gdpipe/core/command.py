@@ -89,7 +89,7 @@ def _redeliver_dropped_stop(
     there, where Python prints the exception and carries on as if never interrupted. The signal is
     sent again a moment later, when the callback has returned: raised from the hook it would be dropped
     again, and a real signal also cuts short a blocking call such as a sleep or a lock wait. Required by
-    tests/test_command.py's test_a_signal_that_arrives_in_a_finalizer_still_stops_the_command; stops held
+    tests/unit/core/test_command.py's test_a_signal_that_arrives_in_a_finalizer_still_stops_the_command; stops held
     by `signals_held` are never raised in a finalizer.
     """
     if not isinstance(unraisable.exc_value, KeyboardInterrupt | Terminated):

@@ -11,6 +11,8 @@ registry.py      the commands `promote` and `serve`
 where.py         where the store is, its name without secrets, whether it holds the current result (no MLflow)
 environment.py   the software a run was made with, as its tags gdpipe.env.* (no MLflow)
 reproduce.py     make reproduce: a registered version rebuilt from its lineage, from nothing, and compared
+compare.py       make reproduce's comparison: each output, the model, every metric step, to the bit
+study_run.py     make tune's parent run: one per Optuna study, the trials' runs its children
 pyfunc_model.py  the trained line as an MLflow pyfunc model (logged as code, so MLflow imports it too)
 settings.py      MLflow's settings (no telemetry, quiet logs): `apply()` before mlflow is imported
 """

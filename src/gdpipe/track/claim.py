@@ -47,24 +47,24 @@ def publish_once(
     client: MlflowClient,
     experiment_id: str,
     record: RunRecord,
-    alone: bool,
+    sole_writer: bool,
     fill: Fill,
     register: Register,
     stop_if_asked: Callable[[], None],
 ) -> tuple[str, str | None, bool, list[str]]:
     """The one FINISHED run of the record (made now, or found), and its model version, however many publish it.
 
-    `alone`: no other publisher can be writing (the sqlite store's lock is held), so every RUNNING gdpipe
+    `sole_writer`: no other publisher can be writing (the sqlite store's lock is held), so every RUNNING gdpipe
     run of the variant is abandoned. `stop_if_asked` lets a held Ctrl-C or kill land (command.signals_held).
     Returns (run id, model version, created, ids of the abandoned runs killed).
     """
-    watch, killed, tries = _Watch(alone), [], 0
+    watch, killed, tries = _Watch(sole_writer), [], 0
     claim: str | None = None  # the id of our RUNNING run, once made
     try:
         while True:
             stop_if_asked()
             winner = _finished_run(client, experiment_id, record)
-            running = _running_runs(client, experiment_id, record, alone)
+            running = _running_runs(client, experiment_id, record, sole_writer)
             if winner is not None:
                 if claim is not None:
                     client.delete_run(claim)  # a claim that lost goes, and nothing of it is shown
@@ -136,12 +136,12 @@ class _Watch:
     by watching it for that long, so that a skewed clock delays healing but never kills a live run.
     """
 
-    def __init__(self, alone: bool):
-        self.alone, self.after = alone, abandoned_after()
+    def __init__(self, sole_writer: bool):
+        self.sole_writer, self.after = sole_writer, abandoned_after()
         self.seen: dict[str, tuple[str, float]] = {}  # run id -> (its beat, when first seen with that beat)
 
     def abandoned(self, run: Run) -> bool:
-        if self.alone:
+        if self.sole_writer:
             return True
         beat = run.data.tags.get(HEARTBEAT_TAG, "")
         seen_beat, since = self.seen.get(run.info.run_id, (None, time.monotonic()))
@@ -162,10 +162,10 @@ def _finished_run(client: MlflowClient, experiment_id: str, record: RunRecord) -
     return found[0].info.run_id if found else None
 
 
-def _running_runs(client: MlflowClient, experiment_id: str, record: RunRecord, alone: bool) -> list[Run]:
-    """RUNNING runs of the record; when `alone`, every RUNNING gdpipe run of its variant (all are abandoned)."""
+def _running_runs(client: MlflowClient, experiment_id: str, record: RunRecord, sole_writer: bool) -> list[Run]:
+    """RUNNING runs of the record; when `sole_writer`, every RUNNING gdpipe run of its variant (all are abandoned)."""
     ours = f"tags.variant = '{record.variant}' and tags.`{FINGERPRINT_TAG}` LIKE '%'"
-    mine = ours if alone else f"tags.`{FINGERPRINT_TAG}` = '{record.fingerprint}'"
+    mine = ours if sole_writer else f"tags.`{FINGERPRINT_TAG}` = '{record.fingerprint}'"
     return client.search_runs([experiment_id], filter_string=f"{mine} and attributes.status = 'RUNNING'")
 
 

@@ -53,7 +53,7 @@ def publish(
     """
     mlflow.set_tracking_uri(uri)  # for the fluent calls
     published = {}
-    with store_lock(uri) as alone:
+    with store_lock(uri) as sole_writer:
         wait_until_free(uri)
         # From here each call to the store is let finish: a stop lands between two of them, so a sqlite
         # store is never left locked half-way and a new run's id is never lost (its run is marked KILLED).
@@ -65,7 +65,7 @@ def publish(
                 version_of = functools.partial(register, client, experiment_id, record=record, name=name)
                 try:
                     run_id, version, created, abandoned = claim.publish_once(
-                        client, experiment_id, record, alone, fill, version_of, stop_if_asked
+                        client, experiment_id, record, sole_writer, fill, version_of, stop_if_asked
                     )
                 except STORE_ERRORS as err:  # the store went away or refused mid-way: one line, no traceback
                     raise store_failure(err, uri, f"publishing {record.variant}") from None

@@ -8,10 +8,10 @@
    (`dvc repro --force --no-run-cache` with an empty DVC cache of its own: no cache, no run-cache, no remote),
    publishing into a throwaway MLflow store in the same temporary folder. The user's workspace, DVC cache and
    store are never written.
-3. The comparison, one table: each DVC output's md5 with that commit's dvc.lock; the registered model, loaded
-   through MLflow, with the rebuilt one (its file's bytes, w and f(x)); the run's fingerprint with the
-   rebuilt run's; the run's metrics with the rebuilt run's, every logged step (all but training_seconds, a
-   wall-clock time that no output holds).
+3. The comparison (compare.py), one table: each DVC output's md5 with that commit's dvc.lock; the registered
+   model, loaded through MLflow, with the rebuilt one (its file's bytes, w and f(x)); the run's fingerprint
+   with the rebuilt run's; the run's metrics with the rebuilt run's, every logged step (all but
+   training_seconds, a wall-clock time that no output holds).
 4. The worktree and the temporary folder go, also after a failure, Ctrl-C or kill.
 
 Exit 0: identical. 1: something differs; each difference is listed, with what differs between the environment
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import math
 import os
 import shutil
 import signal
@@ -40,19 +38,17 @@ from gdpipe.track import settings
 # A command run as `python -m`: MLflow reads some of gdpipe's settings as it is imported, so they come first.
 settings.apply()
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model
 from ruamel.yaml import YAML
 
 from gdpipe.core import config
 from gdpipe.core.command import InputError, Terminated, run_command, signals_held
-from gdpipe.core.files import file_sha256
 from gdpipe.core.store_uri import sqlite_file
 from gdpipe.track import environment
 from gdpipe.track.claim import FINGERPRINT_TAG
+from gdpipe.track.compare import Row, load, metric_histories, metric_rows, model_rows, output_rows, table
 from gdpipe.track.failures import STORE_ERRORS, store_failure
 from gdpipe.track.record import run_params
 from gdpipe.track.store import store_lock
@@ -61,7 +57,7 @@ from gdpipe.track.where import redact, repo_root, tracking_uri
 EXIT_DIFFERS = 1
 COMMIT_TAG = "mlflow.source.git.commit"
 NOT_FROM_OUTPUTS = ("training_seconds",)  # the wall-clock time training took: no output holds it
-MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # MLflow's codes for no such model, version, alias
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no such model, version, alias
 REBUILD = ["repro", "--force", "--no-run-cache"]
 STOP_WAIT_S = 10  # how long a stopped rebuild may take to end before it is killed
 LOG_LINES = 15  # of a failed rebuild's output, shown
@@ -82,25 +78,6 @@ class Lineage:
     @property
     def what(self) -> str:
         return f"{self.name} version {self.version}"
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the table: what is compared, as recorded and as rebuilt, and whether they are the same."""
-
-    what: str
-    recorded: str
-    rebuilt: str
-    same: bool
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """A model as MLflow loads it: its file's SHA-256, its w, and f(x)."""
-
-    sha256: str
-    w: float
-    fx: float
 
 
 # --- the lineage ---------------------------------------------------------------------------------
@@ -132,7 +109,7 @@ def lineage(client: MlflowClient, name: str, kind: str, which: str, where: str) 
             client.get_model_version_by_alias(name, which) if kind == "alias" else client.get_model_version(name, which)
         )
     except MlflowException as err:
-        if err.error_code not in MISSING:
+        if err.error_code not in NOT_FOUND_CODES:
             raise
         raise _not_found(client, name, f"{kind} {which}", where) from None
     what = f"{name} version {found.version}"
@@ -141,7 +118,7 @@ def lineage(client: MlflowClient, name: str, kind: str, which: str, where: str) 
         try:
             run = client.get_run(found.run_id)
         except MlflowException as err:
-            if err.error_code not in MISSING:
+            if err.error_code not in NOT_FOUND_CODES:
                 raise
     tags, params = (run.data.tags, run.data.params) if run else ({}, {})
     missing = [key for key in (COMMIT_TAG, FINGERPRINT_TAG, "variant") if not tags.get(key)]
@@ -168,7 +145,7 @@ def _not_found(client: MlflowClient, name: str, wanted: str, where: str) -> Inpu
     try:
         model = client.get_registered_model(name)
     except MlflowException as err:
-        if err.error_code not in MISSING:
+        if err.error_code not in NOT_FOUND_CODES:
             raise
         names = sorted(each.name for each in client.search_registered_models())
         return InputError(f"{where} has no registered model {name} (it has {', '.join(names) or 'none'})")
@@ -304,88 +281,6 @@ def prepare_store(uri: str) -> None:
         MlflowClient(uri).search_experiments()
 
 
-# --- the comparison ------------------------------------------------------------------------------
-
-
-def load(model_uri: str, store: str, folder: Path, x: float) -> Loaded:
-    """The model at `model_uri` in `store`, brought into `folder`, loaded through MLflow: its file's hash, w, f(x)."""
-    # The process's store, for MLflow's calls below: models:/ and runs:/ are resolved in it (a client's own URI
-    # is not used there, and MLflow's default would make a stray ./mlflow.db).
-    mlflow.set_tracking_uri(store)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
-    model = mlflow.pyfunc.load_model(str(local))
-    artifact = Model.load(str(local)).flavors["python_function"]["artifacts"]["trained_model"]["path"]
-    return Loaded(file_sha256(local / artifact), float(model.unwrap_python_model().w), float(model.predict([x])[0]))
-
-
-def metric_histories(client: MlflowClient, run: Run, keys: list[str]) -> dict[str, list[tuple[int, float]]]:
-    """Every logged (step, value) of each metric of the run."""
-    return {
-        key: sorted((each.step, each.value) for each in client.get_metric_history(run.info.run_id, key)) for key in keys
-    }
-
-
-def output_rows(lock: dict, path: Path) -> list[Row]:
-    """Each output in the commit's dvc.lock, its md5 there and the rebuilt file's."""
-    rows = []
-    for stage in lock["stages"].values():
-        for out in stage.get("outs", ()):
-            rebuilt = path / out["path"]
-            md5 = _md5(rebuilt) if rebuilt.is_file() else "missing"
-            rows.append(Row(out["path"], out["md5"][:12], md5[:12], md5 == out["md5"]))
-    return rows
-
-
-def model_rows(recorded: Loaded, rebuilt: Loaded, x: float) -> list[Row]:
-    """The registered model against the rebuilt one: the bytes of its file, its w, its answer at x."""
-    return [
-        Row("model file sha256", recorded.sha256[:12], rebuilt.sha256[:12], recorded.sha256 == rebuilt.sha256),
-        Row("model w", repr(recorded.w), repr(rebuilt.w), _equal(recorded.w, rebuilt.w)),
-        Row(f"model f({x:g})", repr(recorded.fx), repr(rebuilt.fx), _equal(recorded.fx, rebuilt.fx)),
-    ]
-
-
-def metric_rows(recorded: dict[str, list], rebuilt: dict[str, list]) -> list[Row]:
-    """One row for the metrics that are the same at every step, one for each that is not (its first difference)."""
-    same = [key for key, points in recorded.items() if _same_points(points, rebuilt.get(key, []))]
-    count = sum(len(recorded[key]) for key in same)
-    rows = (
-        [Row(f"metrics ({len(same)} of {len(recorded)})", f"{count} values", f"{count} values", True)] if same else []
-    )
-    for key, points in recorded.items():
-        if key not in same:
-            rows.append(_first_difference(key, points, rebuilt.get(key, [])))
-    return rows
-
-
-def _first_difference(key: str, points: list[tuple[int, float]], other: list[tuple[int, float]]) -> Row:
-    for (step, value), (other_step, other_value) in zip(points, other, strict=False):
-        if step != other_step or not _equal(value, other_value):
-            shown = repr(other_value) if step == other_step else f"{other_value!r} (step {other_step})"
-            return Row(f"metric {key}, step {step}", repr(value), shown, False)
-    return Row(f"metric {key}", f"{len(points)} steps", f"{len(other)} steps", False)
-
-
-def _same_points(points: list[tuple[int, float]], other: list[tuple[int, float]]) -> bool:
-    return len(points) == len(other) and all(
-        step == other_step and _equal(value, other_value)
-        for (step, value), (other_step, other_value) in zip(points, other, strict=True)
-    )
-
-
-def _equal(a: float, b: float) -> bool:
-    """Equal to the bit, as a float can be: NaN equals NaN (a diverged loss)."""
-    return a == b or (math.isnan(a) and math.isnan(b))
-
-
-def table(rows: list[Row]) -> str:
-    """The rows under a header, within 80 columns for the usual names and numbers."""
-    width = max(len(row.what) for row in rows)
-    lines = [f"{'':<{width}}  {'recorded':<22} {'rebuilt':<22}"]
-    lines += [f"{r.what:<{width}}  {r.recorded:<22} {r.rebuilt:<22} {'same' if r.same else 'DIFFERS'}" for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def verdict(
     line: Lineage, rows: list[Row], outputs: int, metrics: int, environment_notes: list[str]
 ) -> tuple[str, int]:
@@ -406,11 +301,6 @@ def verdict(
     )
     lines.append(f"  environment: {'; '.join(environment_notes) or same}")
     return "\n".join(lines), EXIT_DIFFERS
-
-
-def _md5(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def _last_line(text: str) -> str:
