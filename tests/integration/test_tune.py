@@ -26,12 +26,11 @@ from gdpipe.evaluate import evaluate
 from gdpipe.train import train
 from gdpipe.tune import search, trial
 from gdpipe.tune.__main__ import closed_form_lr
+from remotes import clone, git
 from support import (
     assert_one_error_line,
-    clone,
     copy_repo,
     dvc,
-    git,
     load_default_params,
     make,
     src_env,
