@@ -41,11 +41,13 @@ class TeamServer:
 @contextlib.contextmanager
 def running_team_server() -> Iterator[TeamServer]:
     """`make server` with auth on a free port, in a folder the user postgres can reach (not under pytest's tmp
-    folder, which is root's alone when we are root); `make server-stop` and the folder removed afterwards."""
+    folder, which is root's alone when we are root); `make server-stop` and the folder removed afterwards, also
+    if the test process is killed."""
     root = Path(tempfile.mkdtemp(prefix="gdpipe-team-"))
     root.chmod(0o711)
     settings = (f"SERVER_DIR={root / 'server'}", f"SERVER_PORT={free_port()}", "SERVER_AUTH=1")
-    with undone_if_this_process_dies(["make", "-o", ".venv/.installed", "server-stop", *settings]):
+    stopped_and_removed = 'make -o .venv/.installed server-stop "$@"; rm -rf "$0"'
+    with undone_if_this_process_dies(["sh", "-c", stopped_and_removed, str(root), *settings]):
         started = make(REPO, "server", *settings, env=child_env(**CREDENTIALS))
         url = f"http://127.0.0.1:{settings[1].split('=')[1]}"
         try:
