@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from common import SRC, Row, say, summarize, write_params
-from support import RANK_HOOK, REPO, child_env
+from support import REPO, child_env, sitecustomize
 
 # Two processes on two cores: perfect would be 2x the epochs per second of one process on one core (efficiency 1).
 GOALS = {"distributed 2 proc / 1, epochs/s": (">=", 1.5)}
@@ -24,7 +24,7 @@ TRAIN = "--variant torch --params params.yaml --data dataset.npy --history torch
 def run(quick: bool, work: Path) -> dict:
     """Interleaved repeats of the train stage with train.torch.processes 1 and 2 on one data set: the training's
     seconds (history/torch.timing.json: the epochs alone, after start-up), the stage's peak RSS (1 process) and
-    each rank's (RANK_HOOK: VmHWM, and the RSS just before it opened the data set)."""
+    each rank's (tests/programs/rank_hook.py: VmHWM, and the RSS just before it opened the data set)."""
     n = 10**6 if quick else 10**7
     epochs, repeats = (20, 2) if quick else (50, 5)
     folder = work / "distributed"
@@ -37,9 +37,7 @@ def run(quick: bool, work: Path) -> dict:
         env=child_env(PYTHONPATH=str(SRC)),
         check=True,
     )
-    hook = folder / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(RANK_HOOK)
+    hook = sitecustomize(folder / "hook", "rank_hook").parent
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in ARMS}
     single_peak, ranks = [], []
     for repeat in range(repeats):

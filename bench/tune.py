@@ -11,14 +11,13 @@ import uuid
 from pathlib import Path
 
 from common import Row, say, summarize
+from remotes import clone, git
 from support import (
     MAKE_ENV,
     REPO,
     child_env,
-    clone,
     copy_repo,
     free_port,
-    git,
     load_default_params,
     with_overrides,
     write_yaml,
