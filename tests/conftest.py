@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from servers import killed_if_this_process_dies
 
 from gdpipe.core import config
 from gdpipe.track import settings
-from support import LESSON, REPO, build_workspace, killed_if_this_process_dies, load_default_params, with_overrides
+from support import LESSON, REPO, build_workspace, load_default_params, with_overrides
 
 
 def pytest_configure(config):
@@ -69,7 +70,7 @@ def gate_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def reaper():
     """Processes a test starts; any still running when the test ends (it failed half-way) is killed, and so is
-    each one if the test process itself is killed (support.killed_if_this_process_dies)."""
+    each one if the test process itself is killed (servers.killed_if_this_process_dies)."""
     processes = []
     with contextlib.ExitStack() as watchdogs:
 

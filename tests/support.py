@@ -14,13 +14,11 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from unittest import mock
@@ -177,64 +175,6 @@ def make(repo: Path, *args: str, env: dict | None = None, timeout: float | None 
     symlink), so make never reinstalls it from the copy."""
     command = ["make", "-o", ".venv/.installed", *args]
     return subprocess.run(command, cwd=repo, capture_output=True, text=True, env=env or child_env(), timeout=timeout)
-
-
-# The watchdog of `undone_if_this_process_dies`: one byte means the block ended and nothing is left to do;
-# end of file means the test process is gone (even by kill -9), so it runs its command.
-WATCHDOG = "import os, subprocess, sys\nif os.read(0, 1) == b'':\n    subprocess.run(sys.argv[1:], timeout=120)\n"
-
-
-@contextlib.contextmanager
-def undone_if_this_process_dies(command: list[str], cwd: Path = REPO) -> Iterator[None]:
-    """Run `command` (it stops a server) if this test process ends in the block, however: a test killed half-way
-    leaves no server behind. A watchdog in a session of its own (a signal to the test's group passes it by)
-    waits on a pipe whose other end only this process holds, and the kernel closes that end when it dies."""
-    read, write = os.pipe()  # not inherited by the servers this process starts: only the watchdog holds `read`
-    watchdog = subprocess.Popen(
-        [sys.executable, "-c", WATCHDOG, *command],
-        stdin=read,
-        cwd=cwd,
-        env=child_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    os.close(read)
-    try:
-        yield
-    finally:
-        os.write(write, b"x")
-        os.close(write)
-        watchdog.wait(timeout=30)
-
-
-def killed_if_this_process_dies(process: subprocess.Popen) -> contextlib.AbstractContextManager[None]:
-    """The same for a process: killed, with its whole group if it leads one (a session of its own)."""
-    with contextlib.suppress(ProcessLookupError):
-        if os.getpgid(process.pid) == process.pid:
-            return undone_if_this_process_dies(["kill", "-KILL", "--", f"-{process.pid}"])
-    return undone_if_this_process_dies(["kill", "-KILL", str(process.pid)])
-
-
-@contextlib.contextmanager
-def served(repo: Path, target: str, port_setting: str) -> Iterator[str]:
-    """`make <target> <port_setting>=<a free port>` running in a copy of the project, once it answers
-    /health: its URL. The server and everything it started are stopped afterwards."""
-    port = free_port()
-    log = repo.parent / f"{target}.log"
-    with log.open("w") as out:
-        command = ["make", "-o", ".venv/.installed", target, f"{port_setting}={port}"]
-        server = subprocess.Popen(
-            command, cwd=repo, stdout=out, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True
-        )
-    try:
-        with killed_if_this_process_dies(server):
-            url = f"http://127.0.0.1:{port}"
-            wait_for_server(url, server, log)
-            yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def sitecustomize(folder: Path, hook: str) -> Path:

@@ -1,6 +1,6 @@
 """make server for the tests, with basic auth: the admin's credentials, and the running stack as a context.
 
-Stopped afterwards, and also when the test process is killed (support.undone_if_this_process_dies). Its fixture
+Stopped afterwards, and also when the test process is killed (servers.undone_if_this_process_dies). Its fixture
 is `team_server` in integration/conftest.py, shared by test_team_server.py and test_tune.py."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from support import REPO, child_env, free_port, make, src_env, undone_if_this_process_dies
+from servers import undone_if_this_process_dies
+
+from support import REPO, child_env, free_port, make, src_env
 
 ADMIN = "gdpipe-admin"
 PASSWORD = f"pw-{uuid.uuid4().hex}"  # the admin's: must appear nowhere but in the environment

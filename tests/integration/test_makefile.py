@@ -12,8 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import served
 
-from support import REPO, VENV_BIN, copy_repo, make, served, stages_run
+from support import REPO, VENV_BIN, copy_repo, make, stages_run
 
 
 def test_the_mlflow_ui_listens_on_localhost_unless_the_user_asks_otherwise():

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from servers import served
 
-from support import REPO, VARIANTS, child_env, make, run_stage, served, stages_run, wait_for
+from support import REPO, VARIANTS, child_env, make, run_stage, stages_run, wait_for
 
 
 def store(repo: Path) -> MlflowClient:

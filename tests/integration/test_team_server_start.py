@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import requests
 from mlflow import MlflowClient
+from servers import undone_if_this_process_dies
 
-from support import REPO, assert_one_error_line, child_env, free_port, make, undone_if_this_process_dies, wait_for
+from support import REPO, assert_one_error_line, child_env, free_port, make, wait_for
 
 ADMIN = "gdpipe-admin"
 CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": f"pw-{uuid.uuid4().hex}"}

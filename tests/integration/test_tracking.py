@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from servers import killed_if_this_process_dies
 
 from support import (
     VENV_BIN,
@@ -21,7 +22,6 @@ from support import (
     child_env,
     dvc,
     free_port,
-    killed_if_this_process_dies,
     make,
     run_track,
     src_env,
