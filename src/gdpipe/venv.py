@@ -40,19 +40,12 @@ def put_tools_on_path() -> None:
 
 
 def refuse_experiments_dvc_cannot_run(args: list[str], folder: str) -> None:
-    """Exit 2 with one line for a temporary or queued experiment that DVC cannot set up: the folder's path, or a
-    value in the repository's .git/config (which DVC copies too, a clone's origin say), is not ASCII."""
+    """Exit 2 with one line for a temporary or queued experiment that DVC cannot set up (`experiments_blocked`)."""
     in_a_copy = ("exp" in args and {"--temp", "--queue", "--run-all"} & set(args)) or args[:2] == ["queue", "start"]
-    if not in_a_copy:
+    blocked = experiments_blocked(folder) if in_a_copy else None
+    if blocked is None:
         return
-    if not folder.isascii():
-        cause = f"in a folder whose path is not ASCII ({folder})"
-        remedy = "clone the project to an ASCII path"
-    elif not _git_config_is_ascii(folder):
-        cause = "while the repository's .git/config holds a value that is not ASCII"
-        remedy = "remove that value (git config --local --list shows it; a clone's remote.origin.url, say)"
-    else:
-        return
+    cause, remedy = blocked
     print(
         f"gdpipe: error: DVC cannot run temporary or queued experiments {cause}: it writes its configuration into "
         f"the experiment's copy as ASCII (an upstream bug); run dvc exp run without --temp or --queue, or {remedy}",
@@ -60,6 +53,20 @@ def refuse_experiments_dvc_cannot_run(args: list[str], folder: str) -> None:
         flush=True,
     )
     os._exit(2)  # not SystemExit: Python is still importing site, which would turn it into a fatal error
+
+
+def experiments_blocked(folder: str) -> tuple[str, str] | None:
+    """Why DVC cannot set up a temporary or queued experiment of the repository holding `folder`, and what to do;
+    None when it can: the folder's path, or a value in the repository's .git/config (which DVC copies too, a
+    clone's origin say), is not ASCII."""
+    if not folder.isascii():
+        return f"in a folder whose path is not ASCII ({folder})", "clone the project to an ASCII path"
+    if not _git_config_is_ascii(folder):
+        return (
+            "while the repository's .git/config holds a value that is not ASCII",
+            "remove that value (git config --local --list shows it; a clone's remote.origin.url, say)",
+        )
+    return None
 
 
 def _git_config_is_ascii(folder: str) -> bool:

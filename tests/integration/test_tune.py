@@ -163,6 +163,32 @@ def test_bad_tune_storage_is_one_line(tmp_path):
     assert "s3cret" not in done.stderr + done.stdout
 
 
+def test_make_tune_in_a_folder_whose_path_is_not_ascii_stops_before_any_study(tmp_path):
+    """DVC cannot set up a temporary experiment there (venv.experiments_blocked): every trial would fail, so make tune
+    says so at once and makes no study, which would leave a failed trial and a RUNNING parent run behind."""
+    folder = tmp_path / "é"
+    folder.mkdir()
+    write_yaml(folder / "params.yaml", load_default_params())
+    done = subprocess.run(
+        [sys.executable, "-m", "gdpipe.tune"], cwd=folder, env=src_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert_one_error_line(done.stderr, "make tune runs each trial as a temporary DVC experiment", f"({folder})")
+    assert done.stderr.rstrip().endswith("clone the project to an ASCII path")
+    assert not (folder / "mlruns").exists()
+
+
+def test_a_failed_trial_stops_the_worker_with_its_own_line_and_optuna_says_nothing(tmp_path):
+    """A trial whose `dvc exp run` fails (here: a folder that is no DVC repository) ends make tune with gdpipe's one
+    line; Optuna logs such a trial as a warning with its traceback, which gdpipe's verbosity keeps off stderr."""
+    write_yaml(tmp_path / "params.yaml", with_overrides(load_default_params(), {"tune.trials": 1}))
+    done = subprocess.run(
+        [sys.executable, "-m", "gdpipe.tune"], cwd=tmp_path, env=src_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert_one_error_line(done.stderr, "trial 0 (train.lr ", "dvc exp run failed: ")
+
+
 def test_a_study_of_the_same_name_with_another_space_is_one_line(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     search.open_study(storage, tune_params().tune)

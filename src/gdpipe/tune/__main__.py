@@ -13,8 +13,9 @@ import argparse
 import os
 from pathlib import Path
 
+from gdpipe import venv
 from gdpipe.core import config
-from gdpipe.core.command import run_command
+from gdpipe.core.command import InputError, run_command
 from gdpipe.core.files import write_bytes
 from gdpipe.core.store_uri import redact
 from gdpipe.track import settings
@@ -36,6 +37,13 @@ def main(argv=None):
     params = config.load(args.params)
     tune = params.tune
     root = repo_root()
+    blocked = venv.experiments_blocked(str(root))
+    if blocked is not None:  # before any study is made: every trial would fail the same way
+        cause, remedy = blocked
+        raise InputError(
+            f"make tune runs each trial as a temporary DVC experiment, which DVC cannot set up {cause} (an upstream "
+            f"bug): {remedy}"
+        )
     uri, url = tracking_uri(root), storage_url(root)
     settings.apply()
     from gdpipe.track import study_run

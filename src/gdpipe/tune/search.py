@@ -66,7 +66,8 @@ def _quiet() -> Iterator[None]:
 def open_study(url: str, tune: TuneParams) -> Opened:
     """The study `tune.study` in the storage `url`, made with the search space the first time; InputError (one line,
     no secrets) when the storage cannot be reached or its study of that name searches another space."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Not WARNING: Optuna logs a failed trial there with its traceback; gdpipe says the failure in one line.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     for attempt in range(SETUP_TRIES):
         try:
             with _quiet():
