@@ -147,17 +147,16 @@ def test_make_tune_on_one_machine_without_a_server(tune_repo):
     assert diverged == {str(t.number) for t in trials if math.isinf(search.value(t))} and len(diverged) == 1
 
 
+def tune_in(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python -m gdpipe.tune` (what make tune runs) in `folder`, its output captured."""
+    return subprocess.run([sys.executable, "-m", "gdpipe.tune"], cwd=folder, env=env, capture_output=True, text=True)
+
+
 def test_bad_tune_storage_is_one_line(tmp_path):
     """An unreachable storage: one line, exit 2, the password never shown."""
     write_yaml(tmp_path / "params.yaml", load_default_params())
     storage = "postgresql+psycopg2://alice:s3cret-pw@127.0.0.1:1/optuna"
-    done = subprocess.run(
-        [sys.executable, "-m", "gdpipe.tune"],
-        cwd=tmp_path,
-        env=src_env(GDPIPE_TUNE_STORAGE=storage),
-        capture_output=True,
-        text=True,
-    )
+    done = tune_in(tmp_path, src_env(GDPIPE_TUNE_STORAGE=storage))
     assert done.returncode == 2, done.stderr
     assert_one_error_line(done.stderr, "tune storage postgresql+psycopg2://127.0.0.1:1/optuna")
     assert "s3cret" not in done.stderr + done.stdout
@@ -169,9 +168,7 @@ def test_make_tune_in_a_folder_whose_path_is_not_ascii_stops_before_any_study(tm
     folder = tmp_path / "é"
     folder.mkdir()
     write_yaml(folder / "params.yaml", load_default_params())
-    done = subprocess.run(
-        [sys.executable, "-m", "gdpipe.tune"], cwd=folder, env=src_env(), capture_output=True, text=True
-    )
+    done = tune_in(folder, src_env())
     assert done.returncode == 2, done.stderr
     assert_one_error_line(done.stderr, "make tune runs each trial as a temporary DVC experiment", f"({folder})")
     assert done.stderr.rstrip().endswith("clone the project to an ASCII path")
@@ -182,9 +179,7 @@ def test_a_failed_trial_stops_the_worker_with_its_own_line_and_optuna_says_nothi
     """A trial whose `dvc exp run` fails (here: a folder that is no DVC repository) ends make tune with gdpipe's one
     line; Optuna logs such a trial as a warning with its traceback, which gdpipe's verbosity keeps off stderr."""
     write_yaml(tmp_path / "params.yaml", with_overrides(load_default_params(), {"tune.trials": 1}))
-    done = subprocess.run(
-        [sys.executable, "-m", "gdpipe.tune"], cwd=tmp_path, env=src_env(), capture_output=True, text=True
-    )
+    done = tune_in(tmp_path, src_env())
     assert done.returncode == 2, done.stderr
     assert_one_error_line(done.stderr, "trial 0 (train.lr ", "dvc exp run failed: ")
 
@@ -193,13 +188,7 @@ def test_a_study_of_the_same_name_with_another_space_is_one_line(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     search.open_study(storage, tune_params().tune)
     write_yaml(tmp_path / "params.yaml", with_overrides(load_default_params(), {"tune.lr_high": 0.5}))
-    done = subprocess.run(
-        [sys.executable, "-m", "gdpipe.tune"],
-        cwd=tmp_path,
-        env=src_env(GDPIPE_TUNE_STORAGE=storage),
-        capture_output=True,
-        text=True,
-    )
+    done = tune_in(tmp_path, src_env(GDPIPE_TUNE_STORAGE=storage))
     assert done.returncode == 2, done.stderr
     assert done.stderr == (
         f"gdpipe: error: tune storage {storage}: study 'lr-search' searches lr 0.001 to 0.2 with 3 epochs, "
@@ -301,7 +290,7 @@ def test_an_mlflow_server_that_refuses_the_credentials_is_one_line_before_any_st
     write_yaml(tmp_path / "params.yaml", load_default_params())
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     env = team_server.env(GDPIPE_TUNE_STORAGE=storage, MLFLOW_TRACKING_PASSWORD="not-the-password")
-    done = subprocess.run([sys.executable, "-m", "gdpipe.tune"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    done = tune_in(tmp_path, env)
     assert done.returncode == 2, done.stderr
     assert_one_error_line(done.stderr, f"MLflow tracking store {team_server.url}", "refused the credentials")
     assert optuna.get_all_study_names(storage) == []  # nothing made that a later worker would wait on
